@@ -1,0 +1,710 @@
+"""Course helpers for training a CNN on Fashion-MNIST with PyTorch.
+
+The notebooks tell the story; this file holds the mechanisms they share. It reads top to bottom
+in the order of the course: settings -> data -> model -> training loop -> prediction and plots ->
+checkpoints -> command line (`python helpers.py --help`).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, Subset, random_split
+from torchvision import datasets, transforms
+
+REPO_ROOT = Path(__file__).resolve().parent
+DATA_ROOT = REPO_ROOT / "data"  # torchvision's layout below it: data/FashionMNIST/raw/
+RUNS_ROOT = REPO_ROOT / "runs"  # one TensorBoard run directory per training run
+CHECKPOINTS = REPO_ROOT / "checkpoints"
+
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+class CourseError(Exception):
+    """A problem the student can fix; the message says how (the CLI prints it as one line)."""
+
+
+class DatasetError(CourseError):
+    """The Fashion-MNIST files are missing, corrupt or cannot be written."""
+
+
+class CheckpointError(CourseError):
+    """A checkpoint file is unreadable or belongs to another network."""
+
+
+# --------------------------------------------------------------------------------------------
+# Settings: the full course recipe, or a smoke run that takes the same code paths in seconds
+# --------------------------------------------------------------------------------------------
+
+def smoke_mode() -> bool:
+    """True when FMNIST_SMOKE is set (CI runs every notebook this way)."""
+    return os.environ.get("FMNIST_SMOKE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Hyper-parameters of one training run; the defaults are the original notebook's recipe."""
+    model: str = "original"
+    epochs: int = 50
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_factor: float = 0.1          # ReduceLROnPlateau: multiply the lr by this ...
+    lr_patience: int = 4            # ... after this many epochs without a better valid loss
+    stop_patience: int = 7          # early stopping: epochs without a better valid loss
+    seed: int = 0
+    train_size: int | None = None   # None: all 50,000 training images
+    valid_size: int | None = None   # None: all 10,000 validation images
+    test_size: int | None = None    # None: all 10,000 test images
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "lr_patience", "stop_patience"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if self.model not in MODELS:
+            raise ValueError(f"unknown network {self.model!r}: choose one of {', '.join(MODELS)}")
+
+
+def course_settings(smoke: bool | None = None, **overrides) -> Settings:
+    """The course's settings; in smoke mode a few thousand images and two epochs."""
+    if smoke is None:
+        smoke = smoke_mode()
+    base = Settings(epochs=2, train_size=4000, valid_size=1000, test_size=1000) if smoke else Settings()
+    return replace(base, **overrides)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and PyTorch; return a generator for the DataLoader's shuffling."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' picks the GPU when there is one; 'cpu', 'cuda', 'cuda:1', 'mps' pick that device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but this machine has no CUDA GPU: use cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} asked for, but MPS is not available here: use cpu or auto")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1 -- Data: the real Fashion-MNIST, from a local copy when there is one
+# --------------------------------------------------------------------------------------------
+
+# SHA-256 of the decompressed original files. Debian's .gz files differ from the ones torchvision
+# downloads (other gzip headers), so we check what is inside, not the archives.
+RAW_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+DEBIAN_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
+HOW_TO_GET_DATA = ("connect to the internet (torchvision downloads it), or "
+                   "`sudo apt-get install dataset-fashion-mnist`, or set FMNIST_DATA to a folder "
+                   "holding the four original files (train-images-idx3-ubyte.gz ...)")
+
+
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def local_copy_dirs() -> list[Path]:
+    """Where to look for the original files before downloading, in order."""
+    dirs = [Path(os.environ["FMNIST_DATA"]).expanduser()] if os.environ.get("FMNIST_DATA") else []
+    return dirs + [DEBIAN_DATA_DIR]
+
+
+def find_original_file(folder: Path, name: str) -> Path | None:
+    """The file `name` or `name.gz` in `folder`, if present."""
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def copy_decompressed(src: Path, dest: Path) -> None:
+    """Copy src (gz or plain) to dest decompressed, check its SHA-256, then move it into place."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        opener = gzip.open if src.suffix == ".gz" else open
+        with opener(src, "rb") as fin, open(tmp, "wb") as fout:
+            while chunk := fin.read(1 << 20):
+                fout.write(chunk)
+        if sha256_of(tmp) != RAW_SHA256[dest.name]:
+            raise DatasetError(f"{src} is not the original Fashion-MNIST file (SHA-256 mismatch): "
+                               f"replace it with a good copy, or " + HOW_TO_GET_DATA)
+        os.replace(tmp, dest)
+    except (EOFError, gzip.BadGzipFile, OSError) as e:
+        if isinstance(e, PermissionError):
+            raise DatasetError(f"cannot write {dest}: choose a writable data folder ({e.strerror})") from None
+        raise DatasetError(f"{src} is truncated or corrupt ({e}): replace it with a good copy, or "
+                           + HOW_TO_GET_DATA) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def download_with_torchvision(root: Path) -> None:
+    """Let torchvision download Fashion-MNIST into root (how Colab gets it)."""
+    chatter = io.StringIO()  # torchvision prints one line per mirror it tries
+    try:
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            datasets.FashionMNIST(root, train=True, download=True)
+            datasets.FashionMNIST(root, train=False, download=True)
+    except (RuntimeError, OSError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        reason = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"  # what failed, and why
+        raise DatasetError(f"Fashion-MNIST is not in {root} and could not be downloaded "
+                           f"({reason}). Ways out: " + HOW_TO_GET_DATA) from None
+
+
+def prepare_data(root: Path | str = DATA_ROOT) -> Path:
+    """Make sure root/FashionMNIST/raw/ holds the four verified files; return root.
+
+    Order: files already in place -> a local copy (FMNIST_DATA, then Debian's package) ->
+    torchvision's download. Every file's SHA-256 is checked before anything trains on it.
+    """
+    root = Path(root)
+    raw = root / "FashionMNIST" / "raw"
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DatasetError(f"cannot create the data folder {raw} ({e.strerror}): "
+                           f"pass a writable folder as the data root") from None
+    missing = [n for n in RAW_SHA256 if not (raw / n).is_file()]
+    if missing:
+        if os.environ.get("FMNIST_DATA") and not all(
+                find_original_file(local_copy_dirs()[0], n) for n in missing):
+            raise DatasetError(f"FMNIST_DATA={os.environ['FMNIST_DATA']} does not hold all four "
+                               f"Fashion-MNIST files (missing e.g. {missing[0]}.gz)")
+        source = next((d for d in local_copy_dirs()
+                       if all(find_original_file(d, n) for n in missing)), None)
+        if source is not None:
+            for name in missing:
+                copy_decompressed(find_original_file(source, name), raw / name)
+        else:
+            download_with_torchvision(root)
+    for name, expected in RAW_SHA256.items():
+        if sha256_of(raw / name) != expected:
+            raise DatasetError(f"{raw / name} is corrupt or truncated (SHA-256 mismatch): "
+                               f"delete it and run again to fetch a fresh copy")
+    return root
+
+
+def split_train_valid(train: Dataset, seed: int = 42) -> tuple[Subset, Subset]:
+    """The course's 50,000 / 10,000 train / validation split: seeded, so identical for everyone."""
+    return random_split(train, [50_000, 10_000], generator=torch.Generator().manual_seed(seed))
+
+
+def first(dataset: Dataset, size: int | None) -> Dataset:
+    """The first `size` samples of a dataset (all of it when size is None)."""
+    return dataset if size is None or size >= len(dataset) else Subset(dataset, range(size))
+
+
+def load_datasets(settings: Settings | None = None, root: Path | str = DATA_ROOT,
+                  transform=None) -> tuple[Dataset, Dataset, Dataset]:
+    """Train, validation and test sets as torchvision datasets (ToTensor by default)."""
+    settings = settings or course_settings()
+    transform = transform or transforms.ToTensor()
+    root = prepare_data(root)
+    full_train = datasets.FashionMNIST(root, train=True, download=False, transform=transform)
+    test = datasets.FashionMNIST(root, train=False, download=False, transform=transform)
+    train, valid = split_train_valid(full_train)
+    return (first(train, settings.train_size), first(valid, settings.valid_size),
+            first(test, settings.test_size))
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False,
+                generator: torch.Generator | None = None, device: torch.device | None = None) -> DataLoader:
+    """A DataLoader that is safe on Colab's 2 vCPUs and on CPU-only machines."""
+    # num_workers=0: the images are already in memory, and worker processes on a 2-core machine
+    # compete with training itself (and misbehave in some notebook front ends).
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      num_workers=0, pin_memory=device is not None and device.type == "cuda")
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 4 -- Model
+# --------------------------------------------------------------------------------------------
+
+class FMnistCNN(nn.Module):
+    """The original notebook's CNN (242,250 parameters, same parameter names), dropout fixed.
+
+    The original called F.dropout(x, 0.5) in forward(), which stays on after model.eval(); an
+    nn.Dropout module follows train()/eval(). It has no parameters, so the original's
+    state_dict still loads with strict=True.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_block1 = nn.Sequential(                  # 1x28x28 -> 32x14x14
+            nn.Conv2d(1, 32, kernel_size=3, padding=1), nn.BatchNorm2d(32),
+            nn.ReLU(), nn.MaxPool2d(2))
+        self.conv_block2 = nn.Sequential(                  # -> 64x7x7
+            nn.Conv2d(32, 64, kernel_size=3, padding=1), nn.BatchNorm2d(64), nn.Dropout(0.2),
+            nn.ReLU(), nn.MaxPool2d(2))
+        self.conv_block3 = nn.Sequential(                  # -> 128x3x3
+            nn.Conv2d(64, 128, kernel_size=3, padding=1), nn.BatchNorm2d(128), nn.Dropout(0.4),
+            nn.ReLU(), nn.MaxPool2d(2))
+        self.linear1 = nn.Linear(128 * 3 * 3, 128)
+        self.batch_norm = nn.BatchNorm1d(128)
+        self.dropout = nn.Dropout(0.5)
+        self.linear2 = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_block3(self.conv_block2(self.conv_block1(x)))
+        x = self.batch_norm(self.linear1(x.flatten(1)))
+        return self.linear2(torch.relu(self.dropout(x)))  # logits: CrossEntropyLoss adds the softmax
+
+
+MODELS: dict[str, type[nn.Module]] = {"original": FMnistCNN}
+
+
+def build_model(name: str = "original") -> nn.Module:
+    """A fresh network by its course name (see MODELS)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown network {name!r}: choose one of {', '.join(MODELS)}")
+    return MODELS[name]()
+
+
+def model_name(model: nn.Module) -> str:
+    """The course name of a network instance ('original', ...)."""
+    for name, cls in MODELS.items():
+        if type(model) is cls:
+            return name
+    raise ValueError(f"{type(model).__name__} is not one of the course networks ({', '.join(MODELS)})")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# --------------------------------------------------------------------------------------------
+# Stages 5 and 6 -- Loss, optimizer, scheduler, and the training loop
+# --------------------------------------------------------------------------------------------
+
+def make_optimizer(model: nn.Module, settings: Settings) -> torch.optim.Optimizer:
+    """Adam with the settings' learning rate and weight decay."""
+    return torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, settings: Settings):
+    """ReduceLROnPlateau on the validation loss (no verbose=: torch 2.14 removed it)."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=settings.lr_factor, patience=settings.lr_patience)
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module,
+                    optimizer: torch.optim.Optimizer, device: torch.device) -> float:
+    """One pass over the training data; returns the mean training loss per image."""
+    model.train()
+    total_loss = torch.zeros((), device=device)  # summed on the device: no GPU sync per step
+    seen = 0
+    for images, labels in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        logits = model(images)                  # 1. forward
+        loss = loss_fn(logits, labels)          # 2. loss (mean over the batch)
+        optimizer.zero_grad(set_to_none=True)   # 3. forget the previous step's gradients
+        loss.backward()                         # 4. backward: compute the gradients
+        optimizer.step()                        # 5. step: update the weights
+        total_loss += loss.detach() * len(labels)
+        seen += len(labels)
+    return total_loss.item() / seen
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module,
+             device: torch.device) -> tuple[float, float]:
+    """Mean loss per image and accuracy (0-1) of the model in eval mode."""
+    model.eval()
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        logits = model(images)
+        # reduction="sum" would need a second loss object; weighting the batch mean is the same
+        total_loss += loss_fn(logits, labels) * len(labels)
+        correct += (logits.argmax(dim=1) == labels).sum()
+    n = len(loader.dataset)
+    return total_loss.item() / n, correct.item() / n
+
+
+class EarlyStopping:
+    """Stop when the validation loss has not improved for `patience` epochs in a row."""
+
+    def __init__(self, patience: int = 7) -> None:
+        self.patience = patience
+        self.best_loss = math.inf
+        self.bad_epochs = 0
+
+    def step(self, valid_loss: float) -> bool:
+        """Record one epoch's validation loss; True means stop now."""
+        if valid_loss < self.best_loss:
+            self.best_loss, self.bad_epochs = valid_loss, 0
+        else:
+            self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+
+@dataclass
+class History:
+    """Per-epoch figures of a training run (lists are indexed by epoch - 1)."""
+    train_loss: list[float] = field(default_factory=list)
+    valid_loss: list[float] = field(default_factory=list)
+    valid_accuracy: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+
+    @property
+    def epochs(self) -> int:
+        return len(self.train_loss)
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The learning rate of the optimizer's first parameter group."""
+    return optimizer.param_groups[0]["lr"]
+
+
+def fit(model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, *,
+        loss_fn: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, epochs: int,
+        scheduler=None, writer=None, early_stopping: EarlyStopping | None = None,
+        best_path: Path | str | None = None, last_path: Path | str | None = None,
+        settings: Settings | None = None, log: Callable[[str], None] = print) -> History:
+    """Train for up to `epochs` epochs, validating after each one.
+
+    Logs to the TensorBoard `writer`, steps the `scheduler` on the validation loss, saves the
+    best checkpoint (validation accuracy) to best_path and the latest to last_path, and stops
+    early when `early_stopping` says so. Returns the History for plotting.
+    """
+    history = History()
+    best_accuracy = -1.0
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        lr = current_lr(optimizer)
+        train_loss = train_one_epoch(model, train_loader, loss_fn, optimizer, device)
+        valid_loss, valid_accuracy = evaluate(model, valid_loader, loss_fn, device)
+        seconds = time.perf_counter() - start
+        for key, value in (("train_loss", train_loss), ("valid_loss", valid_loss),
+                           ("valid_accuracy", valid_accuracy), ("lr", lr), ("seconds", seconds)):
+            getattr(history, key).append(value)
+        log(f"epoch {epoch:3d}/{epochs}  train loss {train_loss:.4f}  valid loss {valid_loss:.4f}  "
+            f"valid acc {valid_accuracy:6.2%}  lr {lr:.0e}  {seconds:5.1f} s")
+
+        if writer is not None:
+            writer.add_scalar("loss/train", train_loss, epoch)
+            writer.add_scalar("loss/valid", valid_loss, epoch)
+            writer.add_scalar("accuracy/valid", valid_accuracy, epoch)
+            writer.add_scalar("learning_rate", lr, epoch)
+            writer.flush()  # so a dashboard open during training shows each epoch as it ends
+
+        metrics = {"train_loss": train_loss, "valid_loss": valid_loss, "valid_accuracy": valid_accuracy}
+        if valid_accuracy > best_accuracy:
+            best_accuracy, history.best_epoch = valid_accuracy, epoch
+            if best_path is not None:
+                save_checkpoint(best_path, model, epoch=epoch, metrics=metrics, settings=settings)
+        if last_path is not None:
+            save_checkpoint(last_path, model, epoch=epoch, metrics=metrics, settings=settings)
+
+        if scheduler is not None:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(valid_loss)
+            else:
+                scheduler.step()
+            if current_lr(optimizer) != lr:  # what verbose=True used to print
+                log(f"          learning rate reduced: {lr:.0e} -> {current_lr(optimizer):.0e}")
+        if early_stopping is not None and early_stopping.step(valid_loss):
+            history.stopped_early = True
+            log(f"          early stop: no better validation loss for {early_stopping.patience} "
+                f"epochs (best {early_stopping.best_loss:.4f}); best accuracy at epoch {history.best_epoch}")
+            break
+    return history
+
+
+# --------------------------------------------------------------------------------------------
+# Stages 7 and 8 -- Prediction and plots
+# --------------------------------------------------------------------------------------------
+
+def as_image_batch(images: torch.Tensor) -> torch.Tensor:
+    """Check and shape images as a float batch [N, 1, 28, 28] with values in 0-1."""
+    if not isinstance(images, torch.Tensor):
+        images = torch.as_tensor(np.asarray(images))
+    if images.dtype == torch.uint8:
+        images = images.float() / 255
+    elif not images.is_floating_point():
+        raise ValueError(f"images must be float (0-1) or uint8 (0-255), got dtype {images.dtype}")
+    if images.dim() == 2:
+        images = images.unsqueeze(0)
+    if images.dim() == 3:
+        images = images.unsqueeze(0) if images.shape[0] == 1 else images.unsqueeze(1)
+    if images.dim() != 4 or tuple(images.shape[1:]) != (1, 28, 28):
+        raise ValueError(f"expected a 28x28 grayscale image or a batch [N, 1, 28, 28], "
+                         f"got shape {tuple(images.shape)}")
+    lo, hi = images.min().item(), images.max().item()
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise ValueError(f"float images must hold values in 0-1 (like ToTensor gives), "
+                         f"got {lo:.3g}..{hi:.3g}: divide by 255?")
+    return images
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor,
+            device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted class indices [N] and class probabilities [N, 10] for one image or a batch."""
+    model.eval()
+    batch = as_image_batch(images).to(device)
+    probabilities = torch.softmax(model(batch), dim=1).cpu()
+    return probabilities.argmax(dim=1), probabilities
+
+
+def plot_history(history: History, title: str = ""):
+    """Loss and accuracy curves of a training run, side by side; returns the figure."""
+    import matplotlib.pyplot as plt
+    epochs = range(1, history.epochs + 1)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax_loss.plot(epochs, history.train_loss, label="train")
+    ax_loss.plot(epochs, history.valid_loss, label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss per image", title="Loss")
+    ax_loss.legend()
+    ax_acc.plot(epochs, history.valid_accuracy, color="C1")
+    ax_acc.axvline(history.best_epoch, color="grey", linestyle=":", label=f"best (epoch {history.best_epoch})")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Validation accuracy")
+    ax_acc.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 9 -- Checkpoints: weights plus what they are, written atomically
+# --------------------------------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = "fmnist-course-checkpoint/1"
+
+
+def save_checkpoint(path: Path | str, model: nn.Module, *, epoch: int | None = None,
+                    metrics: dict | None = None, settings: Settings | None = None,
+                    extra: dict | None = None) -> Path:
+    """Save weights with metadata; a crash mid-write never leaves a half-written file at `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model": model_name(model),
+        "architecture": type(model).__name__,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "epoch": epoch,
+        "metrics": dict(metrics or {}),
+        "settings": settings.__dict__.copy() if settings else None,
+        "classes": list(CLASSES),
+        "torch_version": str(torch.__version__),
+        "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **(extra or {}),
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
+        os.replace(tmp, path)    # atomic: readers see the old file or the new one, never half
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> dict:
+    """The checkpoint's contents as a dict; a bare state_dict (the original notebook's) is wrapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises many types here: zip, pickle, EOF, runtime errors
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or another "
+                              f"kind of file?): {reason[:200]}") from None
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        return payload
+    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        # torch.save(model.state_dict(), ...) as in the original notebook: assume its network
+        return {"format": "bare state_dict", "model": "original", "state_dict": payload,
+                "epoch": None, "metrics": {}}
+    raise CheckpointError(f"{path} holds a {type(payload).__name__}, not a course checkpoint or a state_dict")
+
+
+def load_checkpoint(path: Path | str, device: torch.device | str = "cpu",
+                    expect: str | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild the saved network in eval mode; returns (model, checkpoint metadata)."""
+    payload = read_checkpoint(path, device)
+    name = payload.get("model")
+    if expect is not None and name != expect:
+        raise CheckpointError(f"{path} holds the {name!r} network, not {expect!r}")
+    if name not in MODELS:
+        raise CheckpointError(f"{path} holds an unknown network {name!r} (known: {', '.join(MODELS)})")
+    model = build_model(name)
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{path} does not fit the {name!r} network "
+                              f"({type(model).__name__}): {detail}") from None
+    model.to(device).eval()
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    return model, meta
+
+
+# --------------------------------------------------------------------------------------------
+# Command line: python helpers.py train | evaluate
+# --------------------------------------------------------------------------------------------
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line instead of the usage block."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"error: {message} (see: python helpers.py {self.prog.split()[-1]} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def run_name(settings: Settings) -> str:
+    """A readable TensorBoard run name: network, settings and start time."""
+    return (f"{settings.model}-b{settings.batch_size}-lr{settings.lr:g}"
+            f"{'-smoke' if settings.train_size else ''}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def train_command(args: argparse.Namespace) -> None:
+    """Train one network end to end, save best and last checkpoints, print test accuracy."""
+    from torch.utils.tensorboard import SummaryWriter
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v}
+    settings = course_settings(smoke=args.smoke or None, model=args.model, **overrides)
+    device = pick_device(args.device)
+    generator = seed_everything(settings.seed)
+    train_set, valid_set, test_set = load_datasets(settings, root=args.data)
+    train_loader = make_loader(train_set, settings.batch_size, shuffle=True, generator=generator, device=device)
+    valid_loader = make_loader(valid_set, 1000, device=device)
+    test_loader = make_loader(test_set, 1000, device=device)
+
+    model = build_model(settings.model).to(device)
+    optimizer = make_optimizer(model, settings)
+    best_path = Path(args.out) if args.out else CHECKPOINTS / f"{settings.model}.pt"
+    last_path = best_path.with_name(f"{best_path.stem}-last{best_path.suffix}")
+    run_dir = Path(args.runs) / run_name(settings)
+    print(f"training {settings.model} ({count_parameters(model):,} parameters) on {device}: "
+          f"{len(train_set):,} train / {len(valid_set):,} valid images, batch {settings.batch_size}, "
+          f"up to {settings.epochs} epochs; TensorBoard run {run_dir}")
+    loss_fn = nn.CrossEntropyLoss()
+    start = time.perf_counter()
+    with SummaryWriter(run_dir) as writer:
+        history = fit(model, train_loader, valid_loader, loss_fn=loss_fn, optimizer=optimizer,
+                      device=device, epochs=settings.epochs, scheduler=make_scheduler(optimizer, settings),
+                      writer=writer, early_stopping=EarlyStopping(settings.stop_patience),
+                      best_path=best_path, last_path=last_path, settings=settings)
+    minutes = (time.perf_counter() - start) / 60
+    last_loss, last_acc = evaluate(model, test_loader, loss_fn, device)
+    best_model, _ = load_checkpoint(best_path, device)
+    best_loss, best_acc = evaluate(best_model, test_loader, loss_fn, device)
+    print(f"trained {history.epochs} epochs in {minutes:.1f} min"
+          f"{' (early stop)' if history.stopped_early else ''}")
+    print(f"test accuracy on {len(test_set):,} images: last {last_acc:.2%} (loss {last_loss:.4f}) -> "
+          f"{last_path}; best {best_acc:.2%} (loss {best_loss:.4f}, epoch {history.best_epoch}) -> {best_path}")
+
+
+def evaluate_command(args: argparse.Namespace) -> None:
+    """Evaluate a checkpoint on the full 10,000-image test set."""
+    device = pick_device(args.device)
+    model, meta = load_checkpoint(args.checkpoint, device)
+    _, _, test_set = load_datasets(course_settings(smoke=False), root=args.data)
+    start = time.perf_counter()
+    test_loss, test_accuracy = evaluate(model, make_loader(test_set, 1000, device=device),
+                                        nn.CrossEntropyLoss(), device)
+    result = {"checkpoint": str(args.checkpoint), "model": meta["model"], "params": count_parameters(model),
+              "test_accuracy": test_accuracy, "test_loss": test_loss, "test_images": len(test_set),
+              "epoch": meta.get("epoch"), "device": str(device),
+              "seconds": round(time.perf_counter() - start, 2)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['model']} ({result['params']:,} parameters, epoch {result['epoch']}): "
+              f"test accuracy {test_accuracy:.2%}, test loss {test_loss:.4f} on {len(test_set):,} images")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python helpers.py`; returns the exit status."""
+    parser = OneLineParser(prog="helpers.py", description="Fashion-MNIST course: train and evaluate.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    train = commands.add_parser("train", help="train a network end to end and report test accuracy")
+    train.add_argument("--model", default="original", choices=sorted(MODELS))
+    train.add_argument("--epochs", type=positive_int, help="maximum epochs (default: 50, smoke: 2)")
+    train.add_argument("--batch-size", type=positive_int, help="training batch size (default: 16)")
+    train.add_argument("--smoke", action="store_true", help="a few thousand images, 2 epochs (as FMNIST_SMOKE=1)")
+    train.add_argument("--runs", default=str(RUNS_ROOT), help="TensorBoard runs folder (default: runs/)")
+    train.add_argument("--out", help="best checkpoint path (default: checkpoints/MODEL.pt); "
+                       "the last one is saved beside it as NAME-last.pt")
+    evaluate_p = commands.add_parser("evaluate", help="evaluate a checkpoint on the 10,000 test images")
+    evaluate_p.add_argument("checkpoint", type=Path)
+    evaluate_p.add_argument("--json", action="store_true", help="print one JSON object")
+    for sub in (train, evaluate_p):
+        sub.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+        sub.add_argument("--data", default=str(DATA_ROOT), help="data root (default: data/)")
+    args = parser.parse_args(argv)
+    try:
+        {"train": train_command, "evaluate": evaluate_command}[args.command](args)
+    except (CourseError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the checkpoints written so far are intact", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Shared fixtures: the real Fashion-MNIST (prepared once), small real subsets, a CPU device."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import helpers  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The course's data root, filled from the local copy (never downloaded in tests)."""
+    return helpers.prepare_data(helpers.DATA_ROOT)
+
+
+@pytest.fixture(scope="session")
+def small_settings() -> helpers.Settings:
+    """A few hundred real images: enough to see learning, fast on two cores."""
+    return helpers.course_settings(smoke=True, train_size=512, valid_size=256, test_size=256,
+                                   batch_size=32)
+
+
+@pytest.fixture(scope="session")
+def small_sets(data_root, small_settings):
+    return helpers.load_datasets(small_settings, root=data_root)
+
+
+@pytest.fixture
+def cpu() -> torch.device:
+    return torch.device("cpu")
+
+
+@pytest.fixture
+def no_local_copy(monkeypatch, tmp_path):
+    """No FMNIST_DATA, no Debian copy, and torchvision's mirror on a closed loopback port."""
+    monkeypatch.delenv("FMNIST_DATA", raising=False)
+    monkeypatch.setattr(helpers, "DEBIAN_DATA_DIR", tmp_path / "no-debian-copy")
+    # Port 9 (discard) on loopback refuses connections: the real download code fails as offline.
+    monkeypatch.setattr(helpers.datasets.FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])

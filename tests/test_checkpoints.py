@@ -1,0 +1,105 @@
+"""Stage 9: checkpoints round-trip exactly, are written atomically, and bad ones fail clearly."""
+import pytest
+import torch
+import torch.nn as nn
+
+import helpers
+from original_notebook import FMnist_CNN
+
+
+def trained_a_little() -> nn.Module:
+    """A network whose weights and BatchNorm statistics have moved away from their defaults."""
+    torch.manual_seed(0)
+    model = helpers.build_model("original")
+    optimizer = torch.optim.Adam(model.parameters())
+    for _ in range(3):
+        loss = nn.functional.cross_entropy(model(torch.rand(16, 1, 28, 28)), torch.randint(0, 10, (16,)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_round_trip_gives_identical_logits(tmp_path):
+    model = trained_a_little()
+    helpers.save_checkpoint(tmp_path / "model.pt", model, epoch=3, metrics={"valid_accuracy": 0.5})
+    loaded, meta = helpers.load_checkpoint(tmp_path / "model.pt")
+    images = torch.rand(8, 1, 28, 28)
+    assert torch.equal(loaded(images), model(images))
+    assert not loaded.training
+    assert meta["epoch"] == 3 and meta["metrics"] == {"valid_accuracy": 0.5}
+    assert meta["architecture"] == "FMnistCNN" and meta["torch_version"] == str(torch.__version__)
+    assert meta["classes"] == list(helpers.CLASSES)
+
+
+def test_a_state_dict_saved_by_the_original_notebook_loads(tmp_path):
+    torch.manual_seed(0)
+    original = FMnist_CNN()
+    torch.save(original.state_dict(), tmp_path / "last_checkpoint.pth")  # as the original did
+    loaded, meta = helpers.load_checkpoint(tmp_path / "last_checkpoint.pth")
+    assert meta["model"] == "original" and meta["format"] == "bare state_dict"
+    for (name, ours), theirs in zip(loaded.state_dict().items(), original.state_dict().values()):
+        assert torch.equal(ours, theirs), name
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "best.pt"
+    helpers.save_checkpoint(path, trained_a_little(), epoch=1)
+
+    def dies_half_way(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a zip file")
+        raise KeyboardInterrupt  # Colab's stop button, or a dropped runtime
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        helpers.save_checkpoint(path, helpers.build_model("original"), epoch=2)
+    monkeypatch.undo()
+    _, meta = helpers.load_checkpoint(path)
+    assert meta["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]  # no temporary file left behind
+
+
+def test_truncated_checkpoint_names_the_file(tmp_path):
+    path = tmp_path / "cut.pt"
+    helpers.save_checkpoint(path, trained_a_little())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(helpers.CheckpointError, match=r"cut\.pt is not a readable PyTorch checkpoint"):
+        helpers.load_checkpoint(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, I am a text file\n", bytes(range(256)) * 10])
+def test_files_that_are_not_checkpoints_are_refused(tmp_path, content):
+    path = tmp_path / "notes.pt"
+    path.write_bytes(content)
+    with pytest.raises(helpers.CheckpointError, match="notes.pt is not a readable PyTorch checkpoint"):
+        helpers.load_checkpoint(path)
+
+
+def test_other_objects_are_refused(tmp_path):
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(helpers.CheckpointError, match="holds a list, not a course checkpoint"):
+        helpers.load_checkpoint(tmp_path / "list.pt")
+
+
+def test_another_architecture_is_refused_with_the_mismatch(tmp_path):
+    other = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    torch.save(other.state_dict(), tmp_path / "mlp.pt")
+    with pytest.raises(helpers.CheckpointError, match=r"mlp\.pt does not fit the 'original' network.*Missing key"):
+        helpers.load_checkpoint(tmp_path / "mlp.pt")
+
+
+def test_a_checkpoint_of_another_course_network_is_refused(tmp_path):
+    path = helpers.save_checkpoint(tmp_path / "model.pt", trained_a_little())
+    with pytest.raises(helpers.CheckpointError, match="holds the 'original' network, not 'improved'"):
+        helpers.load_checkpoint(path, expect="improved")
+    payload = torch.load(path, weights_only=True)
+    payload["model"] = "transformer"
+    torch.save(payload, path)
+    with pytest.raises(helpers.CheckpointError, match="unknown network 'transformer'"):
+        helpers.load_checkpoint(path)
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(helpers.CheckpointError, match="no checkpoint at"):
+        helpers.load_checkpoint(tmp_path / "nowhere.pt")

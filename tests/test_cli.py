@@ -1,0 +1,70 @@
+"""The command line: `python helpers.py train | evaluate`, and one clear line on bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import helpers
+
+HELPERS = str(helpers.REPO_ROOT / "helpers.py")
+
+
+def run_cli(*args, env=None):
+    env = {**os.environ, **(env or {})}
+    env.pop("FMNIST_SMOKE", None)
+    return subprocess.run([sys.executable, HELPERS, *args], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=helpers.REPO_ROOT)
+
+
+@pytest.fixture(scope="module")
+def smoke_checkpoint(tmp_path_factory, data_root):
+    out = tmp_path_factory.mktemp("cli") / "smoke.pt"
+    result = run_cli("train", "--epochs", "1", "--smoke", "--out", str(out),
+                     "--runs", str(out.parent / "runs"), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    return out, result.stdout
+
+
+def test_train_smoke_reports_test_accuracy_and_saves_both_checkpoints(smoke_checkpoint):
+    out, stdout = smoke_checkpoint
+    assert "epoch   1/1" in stdout and "test accuracy on 1,000 images" in stdout
+    assert out.is_file() and out.with_name("smoke-last.pt").is_file()
+    assert list((out.parent / "runs").glob("original-b16-*-smoke-*/events.out.tfevents.*"))
+
+
+def test_evaluate_json_on_the_full_test_set(smoke_checkpoint):
+    out, _ = smoke_checkpoint
+    result = run_cli("evaluate", str(out), "--json", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["model"] == "original" and report["params"] == 242_250
+    assert report["test_images"] == 10_000
+    assert 0.5 < report["test_accuracy"] <= 1 and 0 < report["test_loss"] < 2.3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--epochs", "0"], "argument --epochs: must be at least 1"),
+    (["train", "--batch-size", "sixteen"], "argument --batch-size: 'sixteen' is not a whole number"),
+    (["train", "--model", "resnet50"], "argument --model: invalid choice: 'resnet50'"),
+    (["train", "--smoke", "--device", "gpu"], "unknown device 'gpu'"),
+    (["evaluate", "missing.pt"], "no checkpoint at missing.pt"),
+    (["evaluate", "requirements.txt"], "requirements.txt is not a readable PyTorch checkpoint"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_bad_input_exits_with_one_clear_line(args, message):
+    result = run_cli(*args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_data_exits_with_one_clear_line(tmp_path, smoke_checkpoint):
+    out, _ = smoke_checkpoint
+    result = run_cli("evaluate", str(out), "--data", str(tmp_path / "data"),
+                     env={"FMNIST_DATA": str(tmp_path / "empty")})
+    assert result.returncode == 1
+    assert "does not hold all four Fashion-MNIST files" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

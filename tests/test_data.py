@@ -1,0 +1,140 @@
+"""Stage 1: the real dataset, found offline, verified, split the same way for everyone."""
+import gzip
+import hashlib
+import shutil
+
+import pytest
+import torch
+
+import helpers
+
+# Restated from COURSE.md on purpose: a typo in helpers.RAW_SHA256 must fail a test.
+COURSE_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+DEBIAN_COPY = helpers.DEBIAN_DATA_DIR  # taken before any test hides it
+
+
+def test_prepared_files_are_the_originals(data_root):
+    assert helpers.RAW_SHA256 == COURSE_SHA256
+    raw = data_root / "FashionMNIST" / "raw"
+    for name, expected in COURSE_SHA256.items():
+        assert hashlib.sha256((raw / name).read_bytes()).hexdigest() == expected
+
+
+def test_split_sizes_and_test_set(data_root):
+    train, valid, test = helpers.load_datasets(helpers.course_settings(smoke=False), root=data_root)
+    assert (len(train), len(valid), len(test)) == (50_000, 10_000, 10_000)
+    image, label = train[0]
+    assert image.shape == (1, 28, 28) and image.dtype == torch.float32
+    assert 0.0 <= image.min() and image.max() <= 1.0 and 0 <= label <= 9
+    assert set(train.indices).isdisjoint(valid.indices)
+    assert sorted(train.indices + valid.indices) == list(range(60_000))
+
+
+def test_split_is_the_same_for_everyone(data_root):
+    first_train, first_valid, _ = helpers.load_datasets(helpers.course_settings(smoke=False), root=data_root)
+    torch.manual_seed(1234)  # the global RNG must not matter
+    again_train, again_valid, _ = helpers.load_datasets(helpers.course_settings(smoke=False), root=data_root)
+    assert first_train.indices == again_train.indices
+    assert first_valid.indices == again_valid.indices
+    assert first_train.indices[:5] != list(range(5))  # shuffled, not the first images
+
+
+def test_smoke_subsets_are_small_and_drawn_from_the_same_split(data_root):
+    full_train, _, _ = helpers.load_datasets(helpers.course_settings(smoke=False), root=data_root)
+    train, valid, test = helpers.load_datasets(helpers.course_settings(smoke=True), root=data_root)
+    assert (len(train), len(valid), len(test)) == (4000, 1000, 1000)
+    assert torch.equal(train[7][0], full_train[7][0])
+
+
+def test_local_copy_is_found_through_FMNIST_DATA(monkeypatch, tmp_path, data_root, no_local_copy):
+    # A folder of plain (decompressed) originals, as a student might have from elsewhere.
+    copy = tmp_path / "my-copy"
+    copy.mkdir()
+    for name in COURSE_SHA256:
+        shutil.copy(data_root / "FashionMNIST" / "raw" / name, copy / name)
+    monkeypatch.setenv("FMNIST_DATA", str(copy))
+    root = helpers.prepare_data(tmp_path / "data")
+    for name, expected in COURSE_SHA256.items():
+        assert helpers.sha256_of(root / "FashionMNIST" / "raw" / name) == expected
+
+
+def test_debian_gz_copy_is_decompressed_into_torchvision_layout(tmp_path, data_root):
+    if not helpers.DEBIAN_DATA_DIR.is_dir():
+        pytest.fail("Debian's dataset-fashion-mnist is not installed: .ci/run installs it")
+    root = helpers.prepare_data(tmp_path / "data")
+    train, _, _ = helpers.load_datasets(helpers.course_settings(smoke=True), root=root)
+    assert len(train) == 4000
+    assert not list((root / "FashionMNIST" / "raw").glob(".*.tmp"))
+
+
+def gz_copy_with(tmp_path, broken_name: str, payload: bytes, compress: bool = True):
+    """A folder with three good files and one replaced by `payload`."""
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for name in COURSE_SHA256:
+        shutil.copy(DEBIAN_COPY / f"{name}.gz", folder / f"{name}.gz")
+    target = folder / f"{broken_name}.gz"
+    target.write_bytes(gzip.compress(payload) if compress else payload)
+    return folder
+
+
+def test_truncated_gz_is_named_and_nothing_is_kept(monkeypatch, tmp_path, no_local_copy):
+    good = (DEBIAN_COPY / "train-labels-idx1-ubyte.gz").read_bytes()
+    folder = gz_copy_with(tmp_path, "train-labels-idx1-ubyte", good[: len(good) // 2], compress=False)
+    monkeypatch.setenv("FMNIST_DATA", str(folder))
+    with pytest.raises(helpers.DatasetError, match="train-labels-idx1-ubyte.gz is truncated or corrupt"):
+        helpers.prepare_data(tmp_path / "data")
+    assert not (tmp_path / "data" / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte").exists()
+
+
+def test_wrong_checksum_is_named(monkeypatch, tmp_path, no_local_copy):
+    folder = gz_copy_with(tmp_path, "t10k-labels-idx1-ubyte", b"\x00" * 10008)
+    monkeypatch.setenv("FMNIST_DATA", str(folder))
+    with pytest.raises(helpers.DatasetError, match=r"t10k-labels-idx1-ubyte.gz is not the original.*SHA-256"):
+        helpers.prepare_data(tmp_path / "data")
+
+
+def test_corrupt_file_already_in_place_is_refused(tmp_path, data_root):
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in COURSE_SHA256:
+        shutil.copy(data_root / "FashionMNIST" / "raw" / name, raw / name)
+    with open(raw / "train-images-idx3-ubyte", "r+b") as f:
+        f.truncate(1_000_000)
+    with pytest.raises(helpers.DatasetError, match="train-images-idx3-ubyte is corrupt or truncated.*delete it"):
+        helpers.load_datasets(root=tmp_path / "data")
+
+
+def test_FMNIST_DATA_without_the_files_says_so(monkeypatch, tmp_path, no_local_copy):
+    monkeypatch.setenv("FMNIST_DATA", str(tmp_path / "empty"))
+    with pytest.raises(helpers.DatasetError, match="FMNIST_DATA=.* does not hold all four"):
+        helpers.prepare_data(tmp_path / "data")
+
+
+def test_offline_without_a_copy_names_the_three_ways_out(tmp_path, no_local_copy):
+    with pytest.raises(helpers.DatasetError) as info:
+        helpers.prepare_data(tmp_path / "data")
+    message = str(info.value)
+    assert "could not be downloaded" in message
+    assert "internet" in message and "apt-get install dataset-fashion-mnist" in message and "FMNIST_DATA" in message
+    assert "\n" not in message and "Traceback" not in message
+
+
+def test_unwritable_data_folder_is_reported(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(helpers.DatasetError, match="cannot create the data folder"):
+        helpers.prepare_data(blocker / "data")
+
+
+def test_loaders_have_the_course_lengths(data_root):
+    train, valid, test = helpers.load_datasets(helpers.course_settings(smoke=False), root=data_root)
+    loaders = [helpers.make_loader(s, 16) for s in (train, valid, test)]
+    assert [len(loader) for loader in loaders] == [3125, 625, 625]
+    images, labels = next(iter(loaders[0]))
+    assert images.shape == (16, 1, 28, 28) and labels.shape == (16,)

@@ -1,0 +1,102 @@
+"""Stages 5-6: the loop, on real images: it learns, logs to TensorBoard, checkpoints, stops."""
+import pytest
+import torch
+import torch.nn as nn
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
+
+import helpers
+
+
+def small_run(small_sets, settings, tmp_path, epochs, **fit_kwargs):
+    """fit() on the small real subsets with the course's optimizer, scheduler and early stopping."""
+    train_set, valid_set, _ = small_sets
+    generator = helpers.seed_everything(0)
+    model = helpers.build_model("original")
+    optimizer = helpers.make_optimizer(model, settings)
+    lines = []
+    history = helpers.fit(
+        model, helpers.make_loader(train_set, settings.batch_size, shuffle=True, generator=generator),
+        helpers.make_loader(valid_set, 256), loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer,
+        device=torch.device("cpu"), epochs=epochs, scheduler=helpers.make_scheduler(optimizer, settings),
+        early_stopping=helpers.EarlyStopping(settings.stop_patience), settings=settings,
+        log=lines.append, **fit_kwargs)
+    return model, history, lines
+
+
+def test_fit_learns_logs_and_checkpoints(small_sets, small_settings, tmp_path):
+    run_dir = tmp_path / "runs" / "smoke"
+    with SummaryWriter(run_dir) as writer:
+        model, history, lines = small_run(small_sets, small_settings, tmp_path, epochs=3, writer=writer,
+                                          best_path=tmp_path / "best.pt", last_path=tmp_path / "last.pt")
+    assert history.epochs == 3 and len(lines) == 3
+    assert history.train_loss[-1] < history.train_loss[0] < 2.5
+    assert history.valid_accuracy[-1] > 0.5  # ten classes: chance is 0.1
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    for tag in ("loss/train", "loss/valid", "accuracy/valid", "learning_rate"):
+        assert [e.step for e in events.Scalars(tag)] == [1, 2, 3], tag
+    logged = [e.value for e in events.Scalars("accuracy/valid")]
+    assert logged == pytest.approx(history.valid_accuracy, abs=1e-6)
+
+    best, best_meta = helpers.load_checkpoint(tmp_path / "best.pt")
+    last, last_meta = helpers.load_checkpoint(tmp_path / "last.pt")
+    assert last_meta["epoch"] == 3 and best_meta["epoch"] == history.best_epoch
+    assert best_meta["metrics"]["valid_accuracy"] == max(history.valid_accuracy)
+    assert best_meta["model"] == "original" and best_meta["classes"][0] == "T-shirt/top"
+    images = torch.rand(8, 1, 28, 28)
+    model.eval()
+    assert torch.equal(last(images), model(images))
+
+
+def test_scheduler_and_early_stopping_on_a_scripted_plateau(small_sets, small_settings, tmp_path, monkeypatch):
+    # Validation improves for three epochs, then stays flat: the scheduler cuts the learning rate
+    # after lr_patience (4) more epochs without progress, early stopping ends the run after 7.
+    valid_losses = iter([1.0, 0.9, 0.8] + [0.85] * 20)
+    valid_accuracies = iter([0.5, 0.6, 0.7, 0.75, 0.72] + [0.7] * 20)
+    monkeypatch.setattr(helpers, "evaluate", lambda *args: (next(valid_losses), next(valid_accuracies)))
+    _, history, lines = small_run(small_sets, small_settings, tmp_path, epochs=30,
+                                  best_path=tmp_path / "best.pt")
+    assert history.epochs == 10 and history.stopped_early
+    assert history.lr == [1e-3] * 8 + [pytest.approx(1e-4)] * 2
+    assert any("learning rate reduced: 1e-03 -> 1e-04" in line for line in lines)
+    assert "early stop" in lines[-1]
+    assert history.best_epoch == 4
+    assert helpers.load_checkpoint(tmp_path / "best.pt")[1]["epoch"] == 4
+
+
+def test_early_stopping_counts_epochs_without_improvement():
+    stopper = helpers.EarlyStopping(patience=2)
+    assert [stopper.step(loss) for loss in (1.0, 1.1, 0.9, 0.95, 0.95)] == [False, False, False, False, True]
+
+
+def test_evaluate_averages_the_loss_over_images_not_batches(small_sets, cpu):
+    _, valid_set, _ = small_sets
+    torch.manual_seed(0)
+    model = helpers.build_model("original")
+    # 256 images in batches of 100, 100, 56: a mean of batch means would weigh the last batch wrongly.
+    loss_uneven, acc_uneven = helpers.evaluate(model, helpers.make_loader(valid_set, 100), nn.CrossEntropyLoss(), cpu)
+    loss_whole, acc_whole = helpers.evaluate(model, helpers.make_loader(valid_set, 256), nn.CrossEntropyLoss(), cpu)
+    assert loss_uneven == pytest.approx(loss_whole, rel=1e-5)
+    assert acc_uneven == acc_whole
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(epochs=0), "epochs must be a positive"),
+    (dict(batch_size=-16), "batch_size must be a positive"),
+    (dict(lr=0.0), "lr must be positive"),
+    (dict(model="vgg"), "unknown network 'vgg'"),
+])
+def test_bad_settings_are_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        helpers.course_settings(smoke=True, **bad)
+
+
+def test_pick_device_rejects_unknown_devices():
+    assert helpers.pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        helpers.pick_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            helpers.pick_device("cuda")
