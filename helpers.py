@@ -392,6 +392,7 @@ class History:
     seconds: list[float] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
+    interrupted: bool = False
 
     @property
     def epochs(self) -> int:
@@ -403,55 +404,141 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return optimizer.param_groups[0]["lr"]
 
 
+def step_scheduler(scheduler, valid_loss: float) -> None:
+    """Advance a per-epoch scheduler: ReduceLROnPlateau watches the validation loss."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(valid_loss)
+    else:
+        scheduler.step()
+
+
+def rng_state(loader: DataLoader) -> dict:
+    """Every random-number generator a training epoch draws from, so a resumed run repeats it."""
+    numpy_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": (numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]),
+        "loader": loader.generator.get_state() if loader.generator is not None else None,
+    }
+
+
+def set_rng_state(state: dict, loader: DataLoader) -> None:
+    """Put back the generators saved by rng_state()."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    if state["loader"] is not None and loader.generator is not None:
+        loader.generator.set_state(state["loader"].cpu())
+
+
+def training_state(optimizer, scheduler, early_stopping, history: History, train_loader,
+                   writer=None, best_path: Path | str | None = None) -> dict:
+    """What a last checkpoint holds besides the weights, to resume exactly where it stopped."""
+    return {
+        "run_dir": str(writer.log_dir) if hasattr(writer, "log_dir") else None,  # TensorBoard
+        "best_path": str(best_path) if best_path is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "early_stopping": vars(early_stopping).copy() if early_stopping is not None else None,
+        "history": {k: v for k, v in vars(history).items()},
+        "rng": rng_state(train_loader),
+    }
+
+
+def restore_training(path: Path | str, model, optimizer, scheduler, early_stopping,
+                     train_loader, device) -> History:
+    """Load a last checkpoint's weights and training state into fresh objects; returns its History."""
+    payload = read_checkpoint(path, device)
+    state = payload.get("training_state")
+    if state is None:
+        raise CheckpointError(f"{path} holds weights only, no training state to resume from: "
+                              f"resume from the run's last checkpoint instead")
+    if payload.get("model") != model_name(model):
+        raise CheckpointError(f"{path} is a run of the {payload.get('model')!r} network, "
+                              f"not {model_name(model)!r}")
+    load_weights(model, payload, path)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: its optimizer or scheduler state does not fit this run ({e})") from None
+    if early_stopping is not None and state["early_stopping"] is not None:
+        vars(early_stopping).update(state["early_stopping"])
+    set_rng_state(state["rng"], train_loader)
+    return History(**state["history"])
+
+
 def fit(model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, *,
         loss_fn: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, epochs: int,
         scheduler=None, writer=None, early_stopping: EarlyStopping | None = None,
         best_path: Path | str | None = None, last_path: Path | str | None = None,
-        settings: Settings | None = None, log: Callable[[str], None] = print) -> History:
+        resume: Path | str | None = None, settings: Settings | None = None,
+        log: Callable[[str], None] = print) -> History:
     """Train for up to `epochs` epochs, validating after each one.
 
     Logs to the TensorBoard `writer`, steps the `scheduler` on the validation loss, saves the
-    best checkpoint (validation accuracy) to best_path and the latest to last_path, and stops
-    early when `early_stopping` says so. Returns the History for plotting.
+    best checkpoint (validation accuracy) to best_path and the latest, with everything needed to
+    resume, to last_path; stops early when `early_stopping` says so. `resume=last_path` carries
+    on an interrupted run exactly. Ctrl-C (or Colab's stop button) ends the run cleanly.
+    Returns the History for plotting.
     """
     history = History()
-    best_accuracy = -1.0
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        lr = current_lr(optimizer)
-        train_loss = train_one_epoch(model, train_loader, loss_fn, optimizer, device)
-        valid_loss, valid_accuracy = evaluate(model, valid_loader, loss_fn, device)
+    if resume is not None:
+        history = restore_training(resume, model, optimizer, scheduler, early_stopping, train_loader, device)
+        log(f"resumed from {resume} after epoch {history.epochs}")
+        if history.stopped_early:
+            log("          that run had already stopped early: nothing left to do")
+            return history
+    best_accuracy = max(history.valid_accuracy, default=-1.0)
+    for epoch in range(history.epochs + 1, epochs + 1):
+        try:
+            start = time.perf_counter()
+            lr = current_lr(optimizer)
+            train_loss = train_one_epoch(model, train_loader, loss_fn, optimizer, device)
+            valid_loss, valid_accuracy = evaluate(model, valid_loader, loss_fn, device)
+        except KeyboardInterrupt:
+            history.interrupted = True
+            log(f"interrupted during epoch {epoch}: the checkpoints of epoch {epoch - 1} are intact"
+                + (f"; continue with fit(..., resume={str(last_path)!r})" if last_path and epoch > 1 else ""))
+            break
         seconds = time.perf_counter() - start
         for key, value in (("train_loss", train_loss), ("valid_loss", valid_loss),
                            ("valid_accuracy", valid_accuracy), ("lr", lr), ("seconds", seconds)):
             getattr(history, key).append(value)
         log(f"epoch {epoch:3d}/{epochs}  train loss {train_loss:.4f}  valid loss {valid_loss:.4f}  "
             f"valid acc {valid_accuracy:6.2%}  lr {lr:.0e}  {seconds:5.1f} s")
-
         if writer is not None:
-            writer.add_scalar("loss/train", train_loss, epoch)
-            writer.add_scalar("loss/valid", valid_loss, epoch)
+            writer.add_scalar("loss/train", train_loss, epoch)   # step = epoch, so a resumed
+            writer.add_scalar("loss/valid", valid_loss, epoch)   # run continues the same curves
             writer.add_scalar("accuracy/valid", valid_accuracy, epoch)
             writer.add_scalar("learning_rate", lr, epoch)
             writer.flush()  # so a dashboard open during training shows each epoch as it ends
+
+        if scheduler is not None:
+            step_scheduler(scheduler, valid_loss)
+            if current_lr(optimizer) != lr:  # what verbose=True used to print
+                log(f"          learning rate reduced: {lr:.0e} -> {current_lr(optimizer):.0e}")
+        stop = early_stopping is not None and early_stopping.step(valid_loss)
+        history.stopped_early = stop
 
         metrics = {"train_loss": train_loss, "valid_loss": valid_loss, "valid_accuracy": valid_accuracy}
         if valid_accuracy > best_accuracy:
             best_accuracy, history.best_epoch = valid_accuracy, epoch
             if best_path is not None:
                 save_checkpoint(best_path, model, epoch=epoch, metrics=metrics, settings=settings)
-        if last_path is not None:
-            save_checkpoint(last_path, model, epoch=epoch, metrics=metrics, settings=settings)
-
-        if scheduler is not None:
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(valid_loss)
-            else:
-                scheduler.step()
-            if current_lr(optimizer) != lr:  # what verbose=True used to print
-                log(f"          learning rate reduced: {lr:.0e} -> {current_lr(optimizer):.0e}")
-        if early_stopping is not None and early_stopping.step(valid_loss):
-            history.stopped_early = True
+        if last_path is not None:  # saved after the scheduler and early stopping moved on
+            save_checkpoint(last_path, model, epoch=epoch, metrics=metrics, settings=settings,
+                            extra={"training_state": training_state(
+                                optimizer, scheduler, early_stopping, history, train_loader,
+                                writer, best_path)})
+        if stop:
             log(f"          early stop: no better validation loss for {early_stopping.patience} "
                 f"epochs (best {early_stopping.best_loss:.4f}); best accuracy at epoch {history.best_epoch}")
             break
@@ -580,16 +667,21 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu",
         raise CheckpointError(f"{path} holds the {name!r} network, not {expect!r}")
     if name not in MODELS:
         raise CheckpointError(f"{path} holds an unknown network {name!r} (known: {', '.join(MODELS)})")
-    model = build_model(name)
+    model = load_weights(build_model(name), payload, path)
+    model.to(device).eval()
+    meta = {k: v for k, v in payload.items() if k not in ("state_dict", "training_state")}
+    return model, meta
+
+
+def load_weights(model: nn.Module, payload: dict, path: Path | str) -> nn.Module:
+    """Copy a checkpoint's weights into `model` (strict), or say clearly why they do not fit."""
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as e:
         detail = " ".join(str(e).split())[:300]
-        raise CheckpointError(f"{path} does not fit the {name!r} network "
+        raise CheckpointError(f"{path} does not fit the {payload.get('model')!r} network "
                               f"({type(model).__name__}): {detail}") from None
-    model.to(device).eval()
-    meta = {k: v for k, v in payload.items() if k != "state_dict"}
-    return model, meta
+    return model
 
 
 # --------------------------------------------------------------------------------------------
@@ -624,7 +716,15 @@ def train_command(args: argparse.Namespace) -> None:
     """Train one network end to end, save best and last checkpoints, print test accuracy."""
     from torch.utils.tensorboard import SummaryWriter
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v}
-    settings = course_settings(smoke=args.smoke or None, model=args.model, **overrides)
+    resumed = None
+    if args.resume:  # the run's own settings; only --epochs may change (to train for longer)
+        saved = read_checkpoint(args.resume)
+        resumed = saved.get("training_state")
+        if resumed is None or not saved.get("settings"):
+            raise CheckpointError(f"{args.resume} is not the last checkpoint of a run: nothing to resume")
+        settings = replace(Settings(**saved["settings"]), **{k: v for k, v in overrides.items() if k == "epochs"})
+    else:
+        settings = course_settings(smoke=args.smoke or None, model=args.model, **overrides)
     device = pick_device(args.device)
     generator = seed_everything(settings.seed)
     train_set, valid_set, test_set = load_datasets(settings, root=args.data)
@@ -637,6 +737,10 @@ def train_command(args: argparse.Namespace) -> None:
     best_path = Path(args.out) if args.out else CHECKPOINTS / f"{settings.model}.pt"
     last_path = best_path.with_name(f"{best_path.stem}-last{best_path.suffix}")
     run_dir = Path(args.runs) / run_name(settings)
+    if resumed:  # carry on in the same files and the same TensorBoard run
+        last_path = Path(args.resume)
+        best_path = Path(resumed["best_path"]) if resumed["best_path"] else best_path
+        run_dir = Path(resumed["run_dir"]) if resumed["run_dir"] else run_dir
     print(f"training {settings.model} ({count_parameters(model):,} parameters) on {device}: "
           f"{len(train_set):,} train / {len(valid_set):,} valid images, batch {settings.batch_size}, "
           f"up to {settings.epochs} epochs; TensorBoard run {run_dir}")
@@ -646,8 +750,10 @@ def train_command(args: argparse.Namespace) -> None:
         history = fit(model, train_loader, valid_loader, loss_fn=loss_fn, optimizer=optimizer,
                       device=device, epochs=settings.epochs, scheduler=make_scheduler(optimizer, settings),
                       writer=writer, early_stopping=EarlyStopping(settings.stop_patience),
-                      best_path=best_path, last_path=last_path, settings=settings)
+                      best_path=best_path, last_path=last_path, resume=args.resume, settings=settings)
     minutes = (time.perf_counter() - start) / 60
+    if history.interrupted:
+        raise KeyboardInterrupt
     last_loss, last_acc = evaluate(model, test_loader, loss_fn, device)
     best_model, _ = load_checkpoint(best_path, device)
     best_loss, best_acc = evaluate(best_model, test_loader, loss_fn, device)
@@ -685,6 +791,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--epochs", type=positive_int, help="maximum epochs (default: 50, smoke: 2)")
     train.add_argument("--batch-size", type=positive_int, help="training batch size (default: 16)")
     train.add_argument("--smoke", action="store_true", help="a few thousand images, 2 epochs (as FMNIST_SMOKE=1)")
+    train.add_argument("--resume", metavar="LAST_CHECKPOINT",
+                       help="carry on an interrupted run from its last checkpoint (NAME-last.pt)")
     train.add_argument("--runs", default=str(RUNS_ROOT), help="TensorBoard runs folder (default: runs/)")
     train.add_argument("--out", help="best checkpoint path (default: checkpoints/MODEL.pt); "
                        "the last one is saved beside it as NAME-last.pt")
@@ -701,7 +809,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: the checkpoints written so far are intact", file=sys.stderr)
+        print("interrupted: the checkpoints written so far are intact "
+              "(continue with: python helpers.py train --resume NAME-last.pt)", file=sys.stderr)
         return 130
     return 0
 

@@ -56,8 +56,9 @@ def test_scheduler_and_early_stopping_on_a_scripted_plateau(small_sets, small_se
     valid_losses = iter([1.0, 0.9, 0.8] + [0.85] * 20)
     valid_accuracies = iter([0.5, 0.6, 0.7, 0.75, 0.72] + [0.7] * 20)
     monkeypatch.setattr(helpers, "evaluate", lambda *args: (next(valid_losses), next(valid_accuracies)))
-    _, history, lines = small_run(small_sets, small_settings, tmp_path, epochs=30,
-                                  best_path=tmp_path / "best.pt")
+    train_set, valid_set, test_set = small_sets
+    tiny = (helpers.first(train_set, 64), valid_set, test_set)  # 10 epochs, so keep them short
+    _, history, lines = small_run(tiny, small_settings, tmp_path, epochs=30, best_path=tmp_path / "best.pt")
     assert history.epochs == 10 and history.stopped_early
     assert history.lr == [1e-3] * 8 + [pytest.approx(1e-4)] * 2
     assert any("learning rate reduced: 1e-03 -> 1e-04" in line for line in lines)

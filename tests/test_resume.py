@@ -1,0 +1,82 @@
+"""Interrupted training loses nothing and resumes to exactly the same result."""
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import helpers
+from test_training import small_run
+
+
+def test_resumed_run_ends_with_the_same_weights(small_sets, small_settings, tmp_path):
+    straight, straight_history, _ = small_run(small_sets, small_settings, tmp_path, epochs=4)
+
+    small_run(small_sets, small_settings, tmp_path, epochs=2, last_path=tmp_path / "last.pt",
+              best_path=tmp_path / "best.pt")                      # "interrupted" after epoch 2
+    resumed, resumed_history, lines = small_run(                     # fresh objects, as after a restart
+        small_sets, small_settings, tmp_path, epochs=4, last_path=tmp_path / "last.pt",
+        best_path=tmp_path / "best.pt", resume=tmp_path / "last.pt")
+
+    assert lines[0].startswith("resumed from") and "after epoch 2" in lines[0]
+    assert len(lines) == 3  # the resume line and epochs 3 and 4
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed_history.train_loss == straight_history.train_loss
+    assert resumed_history.valid_accuracy == straight_history.valid_accuracy
+    assert helpers.load_checkpoint(tmp_path / "last.pt")[1]["epoch"] == 4
+
+
+def test_ctrl_c_ends_the_run_cleanly_with_checkpoints_intact(small_sets, small_settings, tmp_path, monkeypatch):
+    real_train_one_epoch = helpers.train_one_epoch
+    calls = []
+
+    def interrupted_in_epoch_3(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_train_one_epoch(*args)
+
+    monkeypatch.setattr(helpers, "train_one_epoch", interrupted_in_epoch_3)
+    _, history, lines = small_run(small_sets, small_settings, tmp_path, epochs=5,
+                                  last_path=tmp_path / "last.pt", best_path=tmp_path / "best.pt")
+    assert history.interrupted and history.epochs == 2
+    assert "interrupted during epoch 3" in lines[-1] and "resume=" in lines[-1]
+    assert helpers.load_checkpoint(tmp_path / "last.pt")[1]["epoch"] == 2
+    helpers.load_checkpoint(tmp_path / "best.pt")
+
+
+def test_resume_needs_a_last_checkpoint(small_sets, small_settings, tmp_path):
+    helpers.save_checkpoint(tmp_path / "weights.pt", helpers.build_model("original"))
+    with pytest.raises(helpers.CheckpointError, match="no training state to resume from"):
+        small_run(small_sets, small_settings, tmp_path, epochs=2, resume=tmp_path / "weights.pt")
+
+
+def test_killed_training_process_leaves_loadable_checkpoints_and_resumes(tmp_path, data_root):
+    out = tmp_path / "killed.pt"
+    command = [sys.executable, str(helpers.REPO_ROOT / "helpers.py"), "train", "--smoke", "--epochs", "4",
+               "--out", str(out), "--runs", str(tmp_path / "runs"), "--device", "cpu"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = out.with_name("killed-last.pt")
+    deadline = time.monotonic() + 240
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # now well inside epoch 2
+    process.send_signal(signal.SIGKILL)  # no chance to clean up: like a recycled runtime
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "training ended before it could be killed"
+
+    _, last_meta = helpers.load_checkpoint(last)
+    _, best_meta = helpers.load_checkpoint(out)
+    assert last_meta["epoch"] == 1 and best_meta["epoch"] == 1
+
+    resumed = subprocess.run(command[:2] + ["train", "--resume", str(last), "--device", "cpu"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout and "epoch   4/4" in resumed.stdout
+    assert "epoch   1/4" not in resumed.stdout
+    assert helpers.load_checkpoint(last)[1]["epoch"] == 4
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1  # the resumed run continued in the same TensorBoard run
