@@ -515,6 +515,8 @@ def fit(model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, *,
         log(f"epoch {epoch:3d}/{epochs}  train loss {train_loss:.4f}  valid loss {valid_loss:.4f}  "
             f"valid acc {valid_accuracy:6.2%}  lr {lr:.0e}  {seconds:5.1f} s")
         if writer is not None:
+            if epoch == 1:
+                writer.add_custom_scalars(LOSS_LAYOUT)
             writer.add_scalar("loss/train", train_loss, epoch)   # step = epoch, so a resumed
             writer.add_scalar("loss/valid", valid_loss, epoch)   # run continues the same curves
             writer.add_scalar("accuracy/valid", valid_accuracy, epoch)
@@ -542,7 +544,57 @@ def fit(model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, *,
             log(f"          early stop: no better validation loss for {early_stopping.patience} "
                 f"epochs (best {early_stopping.best_loss:.4f}); best accuracy at epoch {history.best_epoch}")
             break
+    if writer is not None and history.epochs and not history.interrupted:
+        log_run_summary(writer, model, valid_loader, device, history, settings)
     return history
+
+
+# TensorBoard: add_scalars("loss", {...}) would write each curve as a separate run (runs/x/loss_train,
+# runs/x/loss_valid), cluttering the run list. We log plain tags and ask for one combined chart
+# in the Custom Scalars tab instead.
+LOSS_LAYOUT = {"Fashion-MNIST": {"loss: train vs validation": ["Multiline", ["loss/train", "loss/valid"]]}}
+
+
+def log_run_summary(writer, model: nn.Module, valid_loader: DataLoader, device: torch.device,
+                    history: History, settings: Settings | None = None) -> None:
+    """End of a run: the validation confusion matrix as an image, and hyper-parameters with results."""
+    from torch.utils.tensorboard.summary import hparams
+    labels, predictions = predict_all(model, valid_loader, device)
+    matrix = confusion_matrix(labels, predictions)
+    writer.add_figure("valid/confusion_matrix", plot_confusion_matrix(matrix), history.epochs)
+    params = {k: v for k, v in vars(settings or Settings()).items() if v is not None}
+    results = {"hparam/best_valid_accuracy": max(history.valid_accuracy),
+               "hparam/final_valid_loss": history.valid_loss[-1], "hparam/epochs": history.epochs}
+    for summary in hparams(params, results):  # into this run itself (add_hparams makes a new one)
+        writer.file_writer.add_summary(summary)
+    for tag, value in results.items():
+        writer.add_scalar(tag, value, history.epochs)
+    writer.flush()
+
+
+def read_scalars(run_dir: Path | str) -> dict[str, tuple[list[int], list[float]]]:
+    """Every scalar series of a TensorBoard run, read with TensorBoard's own reader: tag -> (steps, values)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # 0: keep every point
+    events.Reload()
+    return {tag: ([e.step for e in events.Scalars(tag)], [e.value for e in events.Scalars(tag)])
+            for tag in events.Tags()["scalars"]}
+
+
+def plot_runs(*run_dirs: Path | str, tags=("loss/train", "loss/valid", "accuracy/valid")):
+    """The TensorBoard curves of one or more runs, drawn with matplotlib (no server needed)."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(tags), figsize=(5 * len(tags), 3.6), squeeze=False)
+    for run_dir in run_dirs:
+        scalars = read_scalars(run_dir)
+        for ax, tag in zip(axes[0], tags):
+            if tag in scalars:
+                ax.plot(*scalars[tag], marker=".", label=Path(run_dir).name)
+    for ax, tag in zip(axes[0], tags):
+        ax.set(title=tag, xlabel="epoch")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
 
 
 # --------------------------------------------------------------------------------------------
@@ -579,6 +631,78 @@ def predict(model: nn.Module, images: torch.Tensor,
     batch = as_image_batch(images).to(device)
     probabilities = torch.softmax(model(batch), dim=1).cpu()
     return probabilities.argmax(dim=1), probabilities
+
+
+def load_photo(path: Path | str) -> torch.Tensor:
+    """A photo (PNG/JPEG, any size, colour or alpha) as a 1x28x28 image in Fashion-MNIST's style.
+
+    Fashion-MNIST shows a light garment, centred, filling a black square. A photo is usually a
+    dark garment on a light background: we invert it when its border is light, crop to the
+    garment, pad it to a square and shrink it to 28x28.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)  # phones store rotation as metadata
+            img = img.convert("RGBA")
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is not an image that can be read (PNG or JPEG expected): {e}") from None
+    background = Image.new("RGBA", img.size, "white")  # transparent pixels become background
+    gray = np.asarray(Image.alpha_composite(background, img).convert("L"), dtype=np.float32) / 255
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if border.mean() > 0.5:
+        gray, border = 1 - gray, 1 - border
+    gray = np.clip((gray - np.median(border)) / max(1 - np.median(border), 1e-6), 0, 1)
+    rows, cols = np.nonzero(gray > 0.1)
+    if len(rows) == 0:
+        raise ValueError(f"{path}: no garment found (the picture is empty or has no contrast)")
+    garment = gray[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    side = max(garment.shape)
+    square = np.zeros((side, side), dtype=np.float32)
+    top, left = (side - garment.shape[0]) // 2, (side - garment.shape[1]) // 2
+    square[top:top + garment.shape[0], left:left + garment.shape[1]] = garment
+    small = Image.fromarray(np.uint8(square * 255)).resize((28, 28), Image.Resampling.LANCZOS)
+    return torch.from_numpy(np.asarray(small, dtype=np.float32) / 255).unsqueeze(0)
+
+
+@torch.no_grad()
+def predict_all(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """True labels and predicted classes for every image of a loader (on the CPU)."""
+    model.eval()
+    labels, predictions = [], []
+    for images, batch_labels in loader:
+        predictions.append(model(images.to(device)).argmax(dim=1).cpu())
+        labels.append(batch_labels)
+    return torch.cat(labels), torch.cat(predictions)
+
+
+def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
+    """Counts [true class, predicted class]."""
+    return torch.bincount(labels * num_classes + predictions,
+                          minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def most_confused(matrix: torch.Tensor, k: int = 5) -> list[tuple[str, str, int]]:
+    """The k most frequent mistakes as (true class, predicted class, count)."""
+    mistakes = matrix.clone().fill_diagonal_(0).flatten()
+    counts, indices = mistakes.topk(k)
+    n = matrix.shape[0]
+    return [(CLASSES[i // n], CLASSES[i % n], int(c)) for c, i in zip(counts, indices.tolist()) if c > 0]
+
+
+def plot_confusion_matrix(matrix: torch.Tensor, title: str = "Confusion matrix"):
+    """The confusion matrix with counts in the cells; returns the figure."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(matrix.numpy(), cmap="Blues")
+    ax.set_xticks(range(10), CLASSES, rotation=45, ha="right")
+    ax.set_yticks(range(10), CLASSES)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    for (i, j), count in np.ndenumerate(matrix.numpy()):
+        ax.text(j, i, count, ha="center", va="center", fontsize=8,
+                color="white" if count > matrix.max() / 2 else "black")
+    fig.tight_layout()
+    return fig
 
 
 def plot_history(history: History, title: str = ""):

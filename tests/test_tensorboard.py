@@ -1,0 +1,147 @@
+"""TensorBoard: the events hold what fit() logged, a real server serves them, a real browser shows them."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
+
+import helpers
+from test_training import small_run
+
+TAGS = ("loss/train", "loss/valid", "accuracy/valid", "learning_rate")
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def logged_run(tmp_path_factory, small_sets, small_settings):
+    """A short real training run logged to a fresh runs folder: (runs folder, run name, history)."""
+    runs = tmp_path_factory.mktemp("runs")
+    run_dir = runs / "original-smoke-test"
+    with SummaryWriter(run_dir) as writer:
+        _, history, _ = small_run(small_sets, small_settings, runs, epochs=EPOCHS, writer=writer)
+    return runs, run_dir.name, history
+
+
+def test_events_hold_one_value_per_epoch_for_each_tag(logged_run):
+    runs, name, history = logged_run
+    scalars = helpers.read_scalars(runs / name)
+    for tag in TAGS:
+        steps, _ = scalars[tag]
+        assert steps == list(range(1, EPOCHS + 1)), tag
+    assert scalars["accuracy/valid"][1] == pytest.approx(history.valid_accuracy, abs=1e-6)
+    assert scalars["loss/train"][1] == pytest.approx(history.train_loss, rel=1e-6)
+    assert scalars["hparam/best_valid_accuracy"][1] == pytest.approx([max(history.valid_accuracy)])
+
+
+def test_one_run_directory_with_layout_image_and_hparams(logged_run):
+    runs, name, _ = logged_run
+    assert [p.name for p in runs.iterdir()] == [name]  # no stray runs from add_scalars/add_hparams
+    assert not [p for p in (runs / name).iterdir() if p.is_dir()]
+    events = EventAccumulator(str(runs / name))
+    events.Reload()
+    tags = events.Tags()
+    assert "valid/confusion_matrix" in tags["images"]
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+    layout = events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
+    assert b"loss/train" in layout and b"loss/valid" in layout  # one chart with both losses
+
+
+def test_plot_runs_draws_the_logged_curves(logged_run):
+    runs, name, history = logged_run
+    fig = helpers.plot_runs(runs / name)
+    lines = fig.axes[2].get_lines()
+    assert [round(y, 6) for y in lines[0].get_ydata()] == [round(a, 6) for a in history.valid_accuracy]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+@pytest.fixture(scope="module")
+def tensorboard_server(logged_run):
+    """A real TensorBoard server on a free loopback port, stopped afterwards."""
+    runs, name, _ = logged_run
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(runs), "--host", "127.0.0.1",
+         "--port", str(port), "--reload_interval", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if name in get_json(f"{base}/data/runs"):
+                    break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"TensorBoard did not serve the run: {server.stderr.read() if server.poll() is not None else 'timeout'}")
+            time.sleep(0.5)
+        yield base, name
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_server_data_api_serves_the_logged_values(tensorboard_server, logged_run):
+    base, name = tensorboard_server
+    _, _, history = logged_run
+    tags = get_json(f"{base}/data/plugin/scalars/tags")
+    assert set(TAGS) <= set(tags[name])
+    query = urllib.parse.urlencode({"run": name, "tag": "accuracy/valid"})
+    series = get_json(f"{base}/data/plugin/scalars/scalars?{query}")
+    assert [step for _, step, _ in series] == list(range(1, EPOCHS + 1))
+    assert [value for _, _, value in series] == pytest.approx(history.valid_accuracy, abs=1e-6)
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed: .ci/run must install Debian's chromium package")
+        pytest.skip("no chromium here (sudo apt-get install chromium); CI runs this test")
+    return path
+
+
+def test_browser_renders_the_scalar_dashboard(tensorboard_server, tmp_path):
+    """Debian's Chromium, driven by Playwright (its selectors see inside TensorBoard's shadow DOM)."""
+    from playwright.sync_api import sync_playwright
+    base, name = tensorboard_server
+    screenshot = tmp_path / "tensorboard-scalars.png"
+    # The background-networking flags keep Chromium from calling out of this offline machine.
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=flags)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{base}/#scalars")
+            page.get_by_text(name, exact=True).first.wait_for(timeout=60_000)   # the run selector
+            page.get_by_text("accuracy/valid").first.wait_for(timeout=60_000)   # a chart's title
+            charts = page.locator("vz-line-chart2").count()
+            page.screenshot(path=screenshot)
+        finally:
+            browser.close()
+    print(f"screenshot: {screenshot}")
+    assert charts >= 4  # accuracy, learning rate, loss, hparam summaries
+    image = Image.open(screenshot).convert("L")
+    assert image.size == (1280, 900)
+    lo, hi = image.getextrema()
+    assert hi - lo > 100 and len(image.getcolors(maxcolors=1 << 16) or []) > 20, "the page rendered blank"
