@@ -1,0 +1,73 @@
+"""Stages 7-8: photos become Fashion-MNIST-style inputs; confusion matrices count the mistakes."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+import helpers
+
+
+def as_photo(image: torch.Tensor, path, margin: int = 60, scale: int = 8, mode: str = "RGB"):
+    """A real test image made to look like a photo: dark garment on white, larger, with margins."""
+    garment = Image.fromarray(np.uint8(image.squeeze(0).numpy() * 255))
+    garment = ImageOps.invert(garment).resize((28 * scale, 28 * scale), Image.Resampling.BICUBIC)
+    photo = Image.new("L", (28 * scale + 2 * margin, 28 * scale + margin), 255)
+    photo.paste(garment, (margin, margin // 2))
+    photo.convert(mode).save(path)
+    return path
+
+
+def test_a_photo_of_a_real_garment_comes_back_close_to_the_original(small_sets, tmp_path):
+    _, _, test_set = small_sets
+    for index in range(5):
+        image, _ = test_set[index]
+        loaded = helpers.load_photo(as_photo(image, tmp_path / f"photo{index}.jpg"))
+        assert loaded.shape == (1, 28, 28) and loaded.dtype == torch.float32
+        assert 0 <= loaded.min() and loaded.max() <= 1
+        correlation = np.corrcoef(loaded.flatten(), image.flatten())[0, 1]
+        assert correlation > 0.85, (index, correlation)
+
+
+def test_transparent_png_and_light_on_dark_images(tmp_path):
+    rgba = Image.new("RGBA", (300, 200), (0, 0, 0, 0))            # transparent background
+    rgba.paste((40, 30, 120, 255), (50, 75, 250, 125))             # an opaque dark-blue band
+    rgba.save(tmp_path / "cutout.png")
+    loaded = helpers.load_photo(tmp_path / "cutout.png")
+    assert loaded[0, 14, 14] > 0.5 and loaded[0, 0, 14] < 0.05      # light garment, dark margins
+
+    dark = Image.new("L", (50, 90), 0)
+    dark.paste(220, (10, 10, 40, 80))                              # already Fashion-MNIST style
+    dark.save(tmp_path / "dark.png")
+    loaded = helpers.load_photo(tmp_path / "dark.png")
+    assert loaded[0, 14, 14] > 0.5 and loaded[0, 14, 0] < 0.05     # not inverted, centred
+
+
+def test_files_that_are_not_photos_are_refused(tmp_path):
+    (tmp_path / "notes.jpg").write_text("this is not a JPEG")
+    with pytest.raises(ValueError, match="notes.jpg is not an image that can be read"):
+        helpers.load_photo(tmp_path / "notes.jpg")
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "blank.png")
+    with pytest.raises(ValueError, match="no garment found"):
+        helpers.load_photo(tmp_path / "blank.png")
+
+
+def test_confusion_matrix_and_most_confused_pairs():
+    labels = torch.tensor([0, 0, 0, 6, 6, 6, 2, 4])
+    predictions = torch.tensor([0, 6, 6, 0, 6, 6, 4, 4])
+    matrix = helpers.confusion_matrix(labels, predictions)
+    assert matrix.shape == (10, 10) and matrix.sum() == len(labels)
+    assert matrix[0, 6] == 2 and matrix[6, 0] == 1 and matrix.trace() == 4
+    pairs = helpers.most_confused(matrix, k=3)
+    assert pairs[0] == ("T-shirt/top", "Shirt", 2)
+    assert set(pairs[1:]) == {("Shirt", "T-shirt/top", 1), ("Pullover", "Coat", 1)}
+
+
+def test_predict_all_matches_evaluate(small_sets, cpu):
+    _, valid_set, _ = small_sets
+    torch.manual_seed(0)
+    model = helpers.build_model("original")
+    loader = helpers.make_loader(valid_set, 100)
+    labels, predictions = helpers.predict_all(model, loader, cpu)
+    _, accuracy = helpers.evaluate(model, loader, torch.nn.CrossEntropyLoss(), cpu)
+    assert len(labels) == len(valid_set)
+    assert (labels == predictions).float().mean().item() == pytest.approx(accuracy)
