@@ -117,6 +117,15 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def machine() -> str:
+    """A one-line description of this machine, for the notebooks' closing "produced on" line."""
+    if torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name()} with torch {torch.__version__}"
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "CPU") if Path("/proc/cpuinfo").exists() else "CPU"
+    return f"CPU only ({cpu}, {os.cpu_count()} cores) with torch {torch.__version__}"
+
+
 # --------------------------------------------------------------------------------------------
 # Stage 1 -- Data: the real Fashion-MNIST, from a local copy when there is one
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,5 @@
+"""nbval runs each notebook in a fresh kernel that inherits this environment: smoke mode for CI."""
+import os
+
+os.environ["FMNIST_SMOKE"] = "1"
+os.environ.setdefault("MPLBACKEND", "agg")  # figures are rendered, never shown in a window
