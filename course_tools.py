@@ -3,6 +3,7 @@
     python course_tools.py sync      # rewrite every notebook's badge and setup cell from the template
     python course_tools.py lint      # list what would fail the notebook lint test
     python course_tools.py execute   # re-run every notebook in place in full mode (before a term)
+    python course_tools.py images    # draw images/fashion-mnist-sprite.png and images/architecture.png
 
 The course repository's address lives here, in REPO_URL, and nowhere else: `sync` stamps it into
 the Colab badge and the setup cell of every notebook.
@@ -123,6 +124,80 @@ def execute(paths: list[Path]) -> None:
                         "--inplace", "--ExecutePreprocessor.timeout=-1", str(path)], check=True, env=env)
 
 
+IMAGES = REPO_ROOT / "images"
+
+
+def make_sprite(path: Path = IMAGES / "fashion-mnist-sprite.png", per_class: int = 16) -> Path:
+    """A grid of real test images: one row per class, labelled (shown at the top of the notebooks)."""
+    import matplotlib
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from torchvision import datasets
+    import helpers
+    test = datasets.FashionMNIST(helpers.prepare_data(), train=False, download=False)
+    rows = []
+    for label in range(10):
+        indices = (test.targets == label).nonzero().flatten()[:per_class]
+        rows.append(np.hstack([test.data[i].numpy() for i in indices]))
+    fig, ax = plt.subplots(figsize=(per_class * 0.6 + 1.6, 10 * 0.6))
+    ax.imshow(255 - np.vstack(rows), cmap="gray")  # dark garments on white read better on a page
+    ax.set_yticks([28 * i + 14 for i in range(10)], helpers.CLASSES)
+    ax.set_xticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    fig.tight_layout()
+    path.parent.mkdir(exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def make_architecture_diagram(path: Path = IMAGES / "architecture.png") -> Path:
+    """The original CNN as boxes with output shapes and parameter counts, computed from the model."""
+    import matplotlib
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+    import helpers
+    model = helpers.FMnistCNN()
+
+    def params(*modules):
+        return sum(p.numel() for m in modules for p in m.parameters())
+
+    boxes = [
+        ("input", "1 x 28 x 28", "image", 0, "#dddddd"),
+        ("conv_block1", "32 x 14 x 14", "Conv 3x3 (32)\nBatchNorm\nReLU\nMaxPool 2", params(model.conv_block1), "#9ecae1"),
+        ("conv_block2", "64 x 7 x 7", "Conv 3x3 (64)\nBatchNorm\nDropout 0.2\nReLU\nMaxPool 2", params(model.conv_block2), "#6baed6"),
+        ("conv_block3", "128 x 3 x 3", "Conv 3x3 (128)\nBatchNorm\nDropout 0.4\nReLU\nMaxPool 2", params(model.conv_block3), "#4292c6"),
+        ("flatten", "1152", "x.flatten(1)", 0, "#dddddd"),
+        ("linear1, batch_norm", "128", "Linear 1152->128\nBatchNorm1d\nDropout 0.5\nReLU", params(model.linear1, model.batch_norm), "#fdae6b"),
+        ("linear2", "10 logits", "Linear 128->10", params(model.linear2), "#e6550d"),
+    ]
+    fig, ax = plt.subplots(figsize=(15, 4.2))
+    width, gap = 1.75, 0.45
+    for i, (name, shape, body, count, colour) in enumerate(boxes):
+        x = i * (width + gap)
+        ax.add_patch(FancyBboxPatch((x, 0.2), width, 2.6, boxstyle="round,pad=0.05", fc=colour, ec="black"))
+        ax.text(x + width / 2, 2.55, name, ha="center", va="center", fontsize=9, weight="bold")
+        ax.text(x + width / 2, 1.55, body, ha="center", va="center", fontsize=9)
+        ax.text(x + width / 2, 0.45, f"{count:,} params" if count else "no params", ha="center", fontsize=8.5)
+        ax.text(x + width / 2, 3.1, shape, ha="center", fontsize=10, color="#333333")
+        if i:
+            ax.annotate("", xy=(x - 0.03, 1.5), xytext=(x - gap + 0.03, 1.5),
+                        arrowprops=dict(arrowstyle="->", lw=1.5))
+    total = helpers.count_parameters(model)
+    ax.set_title(f"FMnistCNN: {total:,} parameters (output shape above each box)", fontsize=12)
+    ax.set_xlim(-0.2, len(boxes) * (width + gap))
+    ax.set_ylim(0, 3.5)
+    ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str]) -> int:
     command, names = (argv[0] if argv else "lint"), argv[1:]
     paths = [NOTEBOOKS / n for n in names] if names else notebook_paths()
@@ -136,6 +211,9 @@ def main(argv: list[str]) -> int:
         return 1 if bad else 0
     elif command == "execute":
         execute(paths)
+    elif command == "images":
+        for path in (make_sprite(), make_architecture_diagram()):
+            print(f"wrote {path.relative_to(REPO_ROOT)}")
     else:
         print(__doc__)
         return 2
