@@ -4,6 +4,7 @@
     python course_tools.py lint      # list what would fail the notebook lint test
     python course_tools.py execute   # re-run every notebook in place in full mode (before a term)
     python course_tools.py images    # draw images/fashion-mnist-sprite.png and images/architecture.png
+    python course_tools.py reference CHECKPOINT MINUTES "COMMAND"   # ship a trained checkpoint
 
 The course repository's address lives here, in REPO_URL, and nowhere else: `sync` stamps it into
 the Colab badge and the setup cell of every notebook.
@@ -198,6 +199,24 @@ def make_architecture_diagram(path: Path = IMAGES / "architecture.png") -> Path:
     return path
 
 
+def make_reference(checkpoint: Path, command: str, minutes: float) -> Path:
+    """Copy a trained checkpoint to reference/NAME.pt with its test figures and how it was made."""
+    import torch
+    import helpers
+    device = torch.device("cpu")
+    model, meta = helpers.load_checkpoint(checkpoint, device)
+    _, _, test_set = helpers.load_datasets(helpers.course_settings(smoke=False))
+    test_loss, test_accuracy = helpers.evaluate(model, helpers.make_loader(test_set, 1000), torch.nn.CrossEntropyLoss(), device)
+    reference = {"test_accuracy": test_accuracy, "test_loss": test_loss, "command": command,
+                 "machine": helpers.machine(), "training_minutes": round(minutes, 1)}
+    settings = helpers.Settings(**meta["settings"]) if meta.get("settings") else None
+    path = helpers.REFERENCE / f"{meta['model']}.pt"
+    helpers.save_checkpoint(path, model, epoch=meta.get("epoch"), metrics=meta.get("metrics"),
+                            settings=settings, extra={"reference": reference})
+    print(f"wrote {path.relative_to(REPO_ROOT)}: test accuracy {test_accuracy:.2%}, loss {test_loss:.4f}")
+    return path
+
+
 def main(argv: list[str]) -> int:
     command, names = (argv[0] if argv else "lint"), argv[1:]
     paths = [NOTEBOOKS / n for n in names] if names else notebook_paths()
@@ -211,6 +230,8 @@ def main(argv: list[str]) -> int:
         return 1 if bad else 0
     elif command == "execute":
         execute(paths)
+    elif command == "reference":  # reference CHECKPOINT MINUTES "COMMAND THAT TRAINED IT"
+        make_reference(Path(names[0]), command=names[2], minutes=float(names[1]))
     elif command == "images":
         for path in (make_sprite(), make_architecture_diagram()):
             print(f"wrote {path.relative_to(REPO_ROOT)}")

@@ -30,7 +30,8 @@ from torchvision import datasets, transforms
 REPO_ROOT = Path(__file__).resolve().parent
 DATA_ROOT = REPO_ROOT / "data"  # torchvision's layout below it: data/FashionMNIST/raw/
 RUNS_ROOT = REPO_ROOT / "runs"  # one TensorBoard run directory per training run
-CHECKPOINTS = REPO_ROOT / "checkpoints"
+CHECKPOINTS = REPO_ROOT / "checkpoints"  # yours, from training (not in git)
+REFERENCE = REPO_ROOT / "reference"      # trained by the course authors, shipped in git
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -80,6 +81,8 @@ class Settings:
                 raise ValueError(f"{name} must be a positive whole number, got {value!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be zero or positive, got {self.weight_decay!r}")
         if self.model not in MODELS:
             raise ValueError(f"unknown network {self.model!r}: choose one of {', '.join(MODELS)}")
 
@@ -804,6 +807,12 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu",
     model.to(device).eval()
     meta = {k: v for k, v in payload.items() if k not in ("state_dict", "training_state")}
     return model, meta
+
+
+def course_checkpoint(name: str = "original") -> Path:
+    """Your best checkpoint from stage 6 when there is one, otherwise the course's reference."""
+    yours = CHECKPOINTS / f"{name}.pt"
+    return yours if yours.is_file() else REFERENCE / f"{name}.pt"
 
 
 def load_weights(model: nn.Module, payload: dict, path: Path | str) -> nn.Module:
