@@ -121,8 +121,26 @@ def execute(paths: list[Path]) -> None:
     env = {k: v for k, v in os.environ.items() if k != "FMNIST_SMOKE"}
     for path in paths:
         print(f"executing {path.name} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
-                        "--inplace", "--ExecutePreprocessor.timeout=-1", str(path)], check=True, env=env)
+        try:
+            subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+                            "--inplace", "--ExecutePreprocessor.timeout=-1", str(path)], check=True, env=env)
+        finally:
+            stop_tensorboard_servers()
+
+
+def stop_tensorboard_servers() -> None:
+    """Stop the TensorBoard servers a notebook's %tensorboard cell started (they outlive the kernel)."""
+    import os
+    import signal
+    from tensorboard import manager
+    runs = str(REPO_ROOT / "runs")
+    for info in manager.get_all():
+        if runs in info.logdir:
+            try:
+                os.kill(info.pid, signal.SIGTERM)
+                print(f"stopped TensorBoard server {info.pid} (port {info.port})")
+            except ProcessLookupError:
+                pass
 
 
 IMAGES = REPO_ROOT / "images"

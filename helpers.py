@@ -809,6 +809,15 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu",
     return model, meta
 
 
+def checkpoint_paths(settings: Settings, folder: Path | str = CHECKPOINTS) -> tuple[Path, Path]:
+    """Where a run keeps its best and last checkpoints: checkpoints/original.pt, original-last.pt.
+
+    Smoke runs get their own names, so a CI run never overwrites a real run's checkpoints.
+    """
+    stem = settings.model + ("-smoke" if settings.train_size else "")
+    return Path(folder) / f"{stem}.pt", Path(folder) / f"{stem}-last.pt"
+
+
 def course_checkpoint(name: str = "original") -> Path:
     """Your best checkpoint from stage 6 when there is one, otherwise the course's reference."""
     yours = CHECKPOINTS / f"{name}.pt"
@@ -876,8 +885,10 @@ def train_command(args: argparse.Namespace) -> None:
 
     model = build_model(settings.model).to(device)
     optimizer = make_optimizer(model, settings)
-    best_path = Path(args.out) if args.out else CHECKPOINTS / f"{settings.model}.pt"
-    last_path = best_path.with_name(f"{best_path.stem}-last{best_path.suffix}")
+    best_path, last_path = checkpoint_paths(settings)
+    if args.out:
+        best_path = Path(args.out)
+        last_path = best_path.with_name(f"{best_path.stem}-last{best_path.suffix}")
     run_dir = Path(args.runs) / run_name(settings)
     if resumed:  # carry on in the same files and the same TensorBoard run
         last_path = Path(args.resume)
@@ -936,7 +947,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--resume", metavar="LAST_CHECKPOINT",
                        help="carry on an interrupted run from its last checkpoint (NAME-last.pt)")
     train.add_argument("--runs", default=str(RUNS_ROOT), help="TensorBoard runs folder (default: runs/)")
-    train.add_argument("--out", help="best checkpoint path (default: checkpoints/MODEL.pt); "
+    train.add_argument("--out", help="best checkpoint path (default: checkpoints/MODEL.pt, smoke: MODEL-smoke.pt); "
                        "the last one is saved beside it as NAME-last.pt")
     evaluate_p = commands.add_parser("evaluate", help="evaluate a checkpoint on the 10,000 test images")
     evaluate_p.add_argument("checkpoint", type=Path)

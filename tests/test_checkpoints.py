@@ -103,3 +103,10 @@ def test_a_checkpoint_of_another_course_network_is_refused(tmp_path):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(helpers.CheckpointError, match="no checkpoint at"):
         helpers.load_checkpoint(tmp_path / "nowhere.pt")
+
+
+def test_smoke_runs_never_overwrite_a_real_runs_checkpoints(tmp_path):
+    full = helpers.checkpoint_paths(helpers.course_settings(smoke=False), tmp_path)
+    smoke = helpers.checkpoint_paths(helpers.course_settings(smoke=True), tmp_path)
+    assert [p.name for p in full] == ["original.pt", "original-last.pt"]
+    assert [p.name for p in smoke] == ["original-smoke.pt", "original-smoke-last.pt"]
