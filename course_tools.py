@@ -3,8 +3,9 @@
     python course_tools.py sync      # rewrite every notebook's badge and setup cell from the template
     python course_tools.py lint      # list what would fail the notebook lint test
     python course_tools.py execute   # re-run every notebook in place in full mode (before a term)
-    python course_tools.py images    # draw images/fashion-mnist-sprite.png and images/architecture.png
-    python course_tools.py reference CHECKPOINT MINUTES "COMMAND"   # ship a trained checkpoint
+    python course_tools.py loadcheck # memory while evaluating and predicting thousands of times
+    python course_tools.py images    # draw the sprite, the architecture diagram and the sample photo in images/
+    python course_tools.py reference CHECKPOINT MINUTES "COMMAND" [NAME]  # ship reference/NAME.pt
 
 The course repository's address lives here, in REPO_URL, and nowhere else: `sync` stamps it into
 the Colab badge and the setup cell of every notebook.
@@ -85,6 +86,7 @@ def sync(path: Path) -> bool:
 
 
 ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])(/(home|root|work|tmp|Users|content/drive)/|[A-Z]:\\\\)")
+DRIVE_MOUNT = '"/content/drive'  # Colab's Google Drive mount point: fine in code, never in an output
 
 
 def lint(path: Path) -> list[str]:
@@ -108,7 +110,7 @@ def lint(path: Path) -> list[str]:
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 problems.append(f"cell {i} holds an error output")
-        text = source(cell) + json.dumps([o for o in cell.get("outputs", []) if "text" in o or "data" in o
+        text = source(cell).replace(DRIVE_MOUNT, '"') + json.dumps([o for o in cell.get("outputs", []) if "text" in o or "data" in o
                                           and "text/plain" in o["data"]])
         if ABSOLUTE_PATH.search(text.replace(REPO_URL, "")):
             problems.append(f"cell {i} holds an absolute local path")
@@ -172,6 +174,27 @@ def make_sprite(path: Path = IMAGES / "fashion-mnist-sprite.png", per_class: int
     return path
 
 
+def make_sample_photo(path: Path = IMAGES / "sample-photo.jpg", index: int = 0) -> Path:
+    """A photo-like JPEG for stage 7 (no real photo is needed offline): a real test image, enlarged,
+    as a dark-blue garment on a light, uneven, noisy background, off-centre, like a phone picture."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+    from torchvision import datasets
+    import helpers
+    test = datasets.FashionMNIST(helpers.prepare_data(), train=False, download=False)
+    garment = Image.fromarray(test.data[index].numpy()).resize((336, 336), Image.Resampling.BICUBIC)
+    ink = np.asarray(garment.filter(ImageFilter.GaussianBlur(1.5)), dtype=np.float32)[..., None] / 255
+    height, width = 480, 640
+    rng = np.random.default_rng(0)
+    shade = np.linspace(0.95, 0.80, width)[None, :, None] * np.linspace(1.0, 0.92, height)[:, None, None]
+    background = np.clip(shade * np.array([236, 230, 222]) + rng.normal(0, 4, (height, width, 3)), 0, 255)
+    top, left = 70, 190
+    window = background[top:top + 336, left:left + 336]
+    background[top:top + 336, left:left + 336] = (1 - ink) * window + ink * np.array([38, 52, 96])
+    Image.fromarray(np.uint8(background)).save(path, quality=88)
+    return path
+
+
 def make_architecture_diagram(path: Path = IMAGES / "architecture.png") -> Path:
     """The original CNN as boxes with output shapes and parameter counts, computed from the model."""
     import matplotlib
@@ -217,8 +240,9 @@ def make_architecture_diagram(path: Path = IMAGES / "architecture.png") -> Path:
     return path
 
 
-def make_reference(checkpoint: Path, command: str, minutes: float) -> Path:
-    """Copy a trained checkpoint to reference/NAME.pt with its test figures and how it was made."""
+def make_reference(checkpoint: Path, command: str, minutes: float, name: str | None = None) -> Path:
+    """Copy a trained checkpoint to reference/NAME.pt (NAME: the network's) with its test figures
+    and how it was made; the training state of a last checkpoint is left out."""
     import torch
     import helpers
     device = torch.device("cpu")
@@ -228,11 +252,39 @@ def make_reference(checkpoint: Path, command: str, minutes: float) -> Path:
     reference = {"test_accuracy": test_accuracy, "test_loss": test_loss, "command": command,
                  "machine": helpers.machine(), "training_minutes": round(minutes, 1)}
     settings = helpers.Settings(**meta["settings"]) if meta.get("settings") else None
-    path = helpers.REFERENCE / f"{meta['model']}.pt"
+    path = helpers.REFERENCE / f"{name or meta['model']}.pt"
     helpers.save_checkpoint(path, model, epoch=meta.get("epoch"), metrics=meta.get("metrics"),
                             settings=settings, extra={"reference": reference})
     print(f"wrote {path.relative_to(REPO_ROOT)}: test accuracy {test_accuracy:.2%}, loss {test_loss:.4f}")
     return path
+
+
+def load_check(calls: int = 5000, evaluations: int = 5) -> dict:
+    """Evaluate the full test set and predict single images thousands of times; report memory."""
+    import resource
+    import torch
+    import helpers
+
+    def resident_mb() -> float:
+        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+        return int(status["VmRSS"].split()[0]) / 1024
+
+    device = torch.device("cpu")
+    model, _ = helpers.load_checkpoint(helpers.course_checkpoint("original"), device)
+    _, _, test_set = helpers.load_datasets(helpers.course_settings(smoke=False))
+    loader = helpers.make_loader(test_set, 1000)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    report = {"evaluations_mb": [], "predict_mb": []}
+    for _ in range(evaluations):
+        helpers.evaluate(model, loader, loss_fn, device)
+        report["evaluations_mb"].append(round(resident_mb(), 1))
+    for i in range(calls):
+        helpers.predict(model, test_set[i % len(test_set)][0])
+        if (i + 1) % 1000 == 0:
+            report["predict_mb"].append(round(resident_mb(), 1))
+    report["peak_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    report["growth_mb"] = round(report["predict_mb"][-1] - report["evaluations_mb"][0], 1)
+    return report
 
 
 def main(argv: list[str]) -> int:
@@ -249,9 +301,12 @@ def main(argv: list[str]) -> int:
     elif command == "execute":
         execute(paths)
     elif command == "reference":  # reference CHECKPOINT MINUTES "COMMAND THAT TRAINED IT"
-        make_reference(Path(names[0]), command=names[2], minutes=float(names[1]))
+        make_reference(Path(names[0]), command=names[2], minutes=float(names[1]),
+                       name=names[3] if len(names) > 3 else None)
+    elif command == "loadcheck":  # memory of 5 full test evaluations and 5,000 single predictions
+        print(json.dumps(load_check()))
     elif command == "images":
-        for path in (make_sprite(), make_architecture_diagram()):
+        for path in (make_sprite(), make_architecture_diagram(), make_sample_photo()):
             print(f"wrote {path.relative_to(REPO_ROOT)}")
     else:
         print(__doc__)

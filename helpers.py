@@ -617,6 +617,7 @@ def as_image_batch(images: torch.Tensor) -> torch.Tensor:
     """Check and shape images as a float batch [N, 1, 28, 28] with values in 0-1."""
     if not isinstance(images, torch.Tensor):
         images = torch.as_tensor(np.asarray(images))
+    given = tuple(images.shape)  # for the error message, before any reshaping
     if images.dtype == torch.uint8:
         images = images.float() / 255
     elif not images.is_floating_point():
@@ -627,7 +628,7 @@ def as_image_batch(images: torch.Tensor) -> torch.Tensor:
         images = images.unsqueeze(0) if images.shape[0] == 1 else images.unsqueeze(1)
     if images.dim() != 4 or tuple(images.shape[1:]) != (1, 28, 28):
         raise ValueError(f"expected a 28x28 grayscale image or a batch [N, 1, 28, 28], "
-                         f"got shape {tuple(images.shape)}")
+                         f"got shape {given}")
     lo, hi = images.min().item(), images.max().item()
     if lo < -1e-6 or hi > 1 + 1e-6:
         raise ValueError(f"float images must hold values in 0-1 (like ToTensor gives), "
@@ -664,11 +665,14 @@ def load_photo(path: Path | str) -> torch.Tensor:
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     if border.mean() > 0.5:
         gray, border = 1 - gray, 1 - border
-    gray = np.clip((gray - np.median(border)) / max(1 - np.median(border), 1e-6), 0, 1)
+    # the brightest background (90th percentile of the border) becomes black: uneven light goes too
+    floor = np.percentile(border, 90)
+    gray = np.clip((gray - floor) / max(1 - floor, 1e-6), 0, 1)
     rows, cols = np.nonzero(gray > 0.1)
     if len(rows) == 0:
         raise ValueError(f"{path}: no garment found (the picture is empty or has no contrast)")
     garment = gray[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    garment = garment / garment.max()  # stretch: the brightest part of a garment is white, as in the dataset
     side = max(garment.shape)
     square = np.zeros((side, side), dtype=np.float32)
     top, left = (side - garment.shape[0]) // 2, (side - garment.shape[1]) // 2

@@ -110,3 +110,19 @@ def test_smoke_runs_never_overwrite_a_real_runs_checkpoints(tmp_path):
     smoke = helpers.checkpoint_paths(helpers.course_settings(smoke=True), tmp_path)
     assert [p.name for p in full] == ["original.pt", "original-last.pt"]
     assert [p.name for p in smoke] == ["original-smoke.pt", "original-smoke-last.pt"]
+
+
+def test_a_checkpoint_saved_on_a_gpu_loads_on_the_cpu(tmp_path, monkeypatch):
+    # torch.save records each tensor's device through location_tag(); tagging them "cuda:0" writes
+    # the same bytes a Colab GPU run writes, without needing a GPU here.
+    model = trained_a_little()
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        helpers.save_checkpoint(tmp_path / "from-colab.pt", model, epoch=3)
+    if not torch.cuda.is_available():  # proof that the file really points at a GPU
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(tmp_path / "from-colab.pt", weights_only=True)
+    loaded, meta = helpers.load_checkpoint(tmp_path / "from-colab.pt", "cpu")
+    assert meta["epoch"] == 3 and next(loaded.parameters()).device.type == "cpu"
+    images = torch.rand(4, 1, 28, 28)
+    assert torch.equal(loaded(images), model(images))

@@ -1,4 +1,6 @@
 """Stages 7-8: photos become Fashion-MNIST-style inputs; confusion matrices count the mistakes."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -71,3 +73,23 @@ def test_predict_all_matches_evaluate(small_sets, cpu):
     _, accuracy = helpers.evaluate(model, loader, torch.nn.CrossEntropyLoss(), cpu)
     assert len(labels) == len(valid_set)
     assert (labels == predictions).float().mean().item() == pytest.approx(accuracy)
+
+
+def resident_mb() -> float:
+    """This process's resident memory now, in MB (Linux)."""
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux only)")
+def test_predicting_thousands_of_single_images_does_not_grow_memory(small_sets):
+    model = helpers.build_model("original").eval()
+    _, _, test_set = small_sets
+    images = [test_set[i][0] for i in range(len(test_set))]
+    for image in images:  # warm-up: allocator pools and lazy initialisation settle
+        helpers.predict(model, image)
+    before = resident_mb()
+    for _ in range(4):
+        for image in images:
+            helpers.predict(model, image)
+    assert resident_mb() - before < 10, f"{before:.0f} MB -> {resident_mb():.0f} MB"
