@@ -126,7 +126,8 @@ def machine() -> str:
         return f"GPU {torch.cuda.get_device_name()} with torch {torch.__version__}"
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "CPU") if Path("/proc/cpuinfo").exists() else "CPU"
-    return f"CPU only ({cpu}, {os.cpu_count()} cores) with torch {torch.__version__}"
+    return (f"CPU only ({cpu}, {os.cpu_count()} cores, torch using {torch.get_num_threads()} "
+            f"thread{'s' if torch.get_num_threads() > 1 else ''}) with torch {torch.__version__}")
 
 
 # --------------------------------------------------------------------------------------------
