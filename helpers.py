@@ -271,6 +271,83 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False,
                       num_workers=0, pin_memory=device is not None and device.type == "cuda")
 
 
+# The fast path (stage 10): the whole uint8 dataset lives on the device and batches are cut,
+# scaled and augmented there -- no per-image Python, no copy per step. It iterates like a
+# DataLoader, so train_one_epoch, evaluate and fit take it unchanged.
+
+def dataset_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The uint8 images [N, 28, 28] and labels [N] behind a FashionMNIST dataset or a Subset of one."""
+    indices = None
+    while isinstance(dataset, Subset):  # a Subset of a Subset: compose the index lists
+        outer = torch.as_tensor(list(dataset.indices))
+        indices = outer if indices is None else outer[indices]
+        dataset = dataset.dataset
+    if not isinstance(dataset, datasets.FashionMNIST):
+        raise TypeError(f"the fast path needs a FashionMNIST dataset (or a Subset of one), got {type(dataset).__name__}")
+    if indices is None:
+        return dataset.data, dataset.targets
+    return dataset.data[indices], dataset.targets[indices]
+
+
+def shift_and_flip(images: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: int = 2) -> torch.Tensor:
+    """Per image: a 28x28 crop of the zero-padded image at `shifts` (0..2*pad), mirrored where `flips`."""
+    batch, _, height, width = images.shape
+    padded = nn.functional.pad(images, (pad, pad, pad, pad))
+    rows = torch.arange(height, device=images.device) + shifts[:, :1]        # [B, 28]
+    cols = torch.arange(width, device=images.device) + shifts[:, 1:]         # [B, 28]
+    cols = torch.where(flips[:, None], cols.flip(1), cols)  # a mirror image reads its columns backwards
+    return padded[torch.arange(batch, device=images.device)[:, None, None], 0,
+                  rows[:, :, None], cols[:, None, :]].unsqueeze(1)
+
+
+class DeviceLoader:
+    """Batches [B, 1, 28, 28] in 0-1 cut from uint8 tensors kept on `device`, like a DataLoader.
+
+    augment=True shifts every image by up to 2 pixels and mirrors half of them, drawn per image.
+    channels_last stores batches in the memory layout that convolutions run fastest in.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool = False,
+                 generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+                 augment: bool = False, channels_last: bool = False) -> None:
+        self.dataset, self.batch_size, self.shuffle, self.generator = dataset, batch_size, shuffle, generator
+        self.device, self.augment, self.channels_last = torch.device(device), augment, channels_last
+        images, labels = dataset_tensors(dataset)
+        self.images, self.labels = images.to(self.device), labels.to(self.device)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __iter__(self):
+        n = len(self.labels)
+        # one epoch's random numbers, drawn on the CPU from the seeded generator and moved once
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.device, non_blocking=True)
+        if self.augment:
+            shifts = torch.randint(0, 5, (n, 2), generator=self.generator).to(self.device, non_blocking=True)
+            flips = (torch.rand(n, generator=self.generator) < 0.5).to(self.device, non_blocking=True)
+        for start in range(0, n, self.batch_size):
+            index = order[start:start + self.batch_size]
+            images = self.images[index].unsqueeze(1).float().div_(255)  # what ToTensor does, per batch
+            if self.augment:
+                images = shift_and_flip(images, shifts[start:start + len(index)], flips[start:start + len(index)])
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            yield images, self.labels[index]
+
+
+def mixed_precision(device: torch.device) -> torch.dtype | None:
+    """The autocast type for this device: bf16 on Ampere and newer, fp16 on older GPUs, none on CPU.
+
+    Decided by compute capability: a T4 (7.5) reports is_bf16_supported() as True, but only
+    emulates bf16, slowly; its tensor cores do fp16.
+    """
+    if device.type != "cuda":
+        return None
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+
 # --------------------------------------------------------------------------------------------
 # Stage 4 -- Model
 # --------------------------------------------------------------------------------------------
@@ -344,19 +421,27 @@ def make_scheduler(optimizer: torch.optim.Optimizer, settings: Settings):
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module,
-                    optimizer: torch.optim.Optimizer, device: torch.device) -> float:
-    """One pass over the training data; returns the mean training loss per image."""
+                    optimizer: torch.optim.Optimizer, device: torch.device,
+                    precision: torch.dtype | None = None) -> float:
+    """One pass over the training data; returns the mean training loss per image.
+
+    precision=torch.float16 or torch.bfloat16 runs the forward pass in mixed precision (GPU);
+    fp16 gradients are scaled so that small ones do not round to zero.
+    """
     model.train()
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)  # else a no-op
     total_loss = torch.zeros((), device=device)  # summed on the device: no GPU sync per step
     seen = 0
     for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        logits = model(images)                  # 1. forward
-        loss = loss_fn(logits, labels)          # 2. loss (mean over the batch)
+        with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
+            logits = model(images)              # 1. forward
+            loss = loss_fn(logits, labels)      # 2. loss (mean over the batch)
         optimizer.zero_grad(set_to_none=True)   # 3. forget the previous step's gradients
-        loss.backward()                         # 4. backward: compute the gradients
-        optimizer.step()                        # 5. step: update the weights
-        total_loss += loss.detach() * len(labels)
+        scaler.scale(loss).backward()           # 4. backward: compute the gradients
+        scaler.step(optimizer)                  # 5. step: update the weights
+        scaler.update()
+        total_loss += loss.detach().float() * len(labels)
         seen += len(labels)
     return total_loss.item() / seen
 
@@ -841,7 +926,7 @@ def load_weights(model: nn.Module, payload: dict, path: Path | str) -> nn.Module
 
 
 # --------------------------------------------------------------------------------------------
-# Command line: python helpers.py train | evaluate
+# Command line: python helpers.py train | evaluate | bench
 # --------------------------------------------------------------------------------------------
 
 class OneLineParser(argparse.ArgumentParser):
@@ -957,10 +1042,15 @@ def main(argv: list[str] | None = None) -> int:
     evaluate_p = commands.add_parser("evaluate", help="evaluate a checkpoint on the 10,000 test images")
     evaluate_p.add_argument("checkpoint", type=Path)
     evaluate_p.add_argument("--json", action="store_true", help="print one JSON object")
+    bench = commands.add_parser("bench", help="training images/s: the original recipe vs the fast path")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
     for sub in (train, evaluate_p):
         sub.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
         sub.add_argument("--data", default=str(DATA_ROOT), help="data root (default: data/)")
     args = parser.parse_args(argv)
+    if args.command == "bench":  # instructor machinery lives in course_tools.py
+        import course_tools
+        return course_tools.main(["bench"] + (["--json"] if args.json else []))
     try:
         {"train": train_command, "evaluate": evaluate_command}[args.command](args)
     except (CourseError, ValueError) as e:

@@ -56,7 +56,7 @@ def test_resume_needs_a_last_checkpoint(small_sets, small_settings, tmp_path):
 
 def test_killed_training_process_leaves_loadable_checkpoints_and_resumes(tmp_path, data_root):
     out = tmp_path / "killed.pt"
-    command = [sys.executable, str(helpers.REPO_ROOT / "helpers.py"), "train", "--smoke", "--epochs", "4",
+    command = [sys.executable, str(helpers.REPO_ROOT / "helpers.py"), "train", "--smoke", "--epochs", "2",
                "--out", str(out), "--runs", str(tmp_path / "runs"), "--device", "cpu"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = out.with_name("killed-last.pt")
@@ -75,8 +75,8 @@ def test_killed_training_process_leaves_loadable_checkpoints_and_resumes(tmp_pat
     resumed = subprocess.run(command[:2] + ["train", "--resume", str(last), "--device", "cpu"],
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from" in resumed.stdout and "epoch   4/4" in resumed.stdout
-    assert "epoch   1/4" not in resumed.stdout
-    assert helpers.load_checkpoint(last)[1]["epoch"] == 4
+    assert "resumed from" in resumed.stdout and "epoch   2/2" in resumed.stdout
+    assert "epoch   1/2" not in resumed.stdout
+    assert helpers.load_checkpoint(last)[1]["epoch"] == 2
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1  # the resumed run continued in the same TensorBoard run

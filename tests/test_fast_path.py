@@ -1,0 +1,85 @@
+"""Stage 10's fast path: the data on the device gives the same batches as the DataLoader path,
+augmentation shifts and mirrors each image, and fit() trains with it unchanged."""
+import torch
+import torch.nn as nn
+
+import helpers
+
+
+def test_device_tensors_are_the_images_totensor_gives(small_sets):
+    train, _, _ = small_sets
+    images, labels = helpers.dataset_tensors(train)  # a Subset of a Subset of FashionMNIST
+    assert images.dtype == torch.uint8 and images.shape == (len(train), 28, 28)
+    for i in (0, 7, len(train) - 1):
+        image, label = train[i]
+        assert torch.equal(images[i].float().div(255), image[0]) and labels[i] == label
+
+
+def test_device_loader_batches_match_the_dataloader(small_sets):
+    _, valid, _ = small_sets
+    fast = helpers.DeviceLoader(valid, 100, channels_last=True)
+    slow = helpers.make_loader(valid, 100)
+    assert len(fast) == len(slow) == 3
+    for (x_fast, y_fast), (x_slow, y_slow) in zip(fast, slow):
+        assert x_fast.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(x_fast, x_slow) and torch.equal(y_fast, y_slow)
+
+
+def test_shuffling_is_seeded_and_covers_every_image_once(small_sets):
+    train, _, _ = small_sets
+    def labels_in_order(seed):
+        loader = helpers.DeviceLoader(train, 64, shuffle=True, generator=torch.Generator().manual_seed(seed))
+        return torch.cat([y for _, y in loader])
+    first, again, other = labels_in_order(0), labels_in_order(0), labels_in_order(1)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert torch.equal(first.sort().values, helpers.dataset_tensors(train)[1].sort().values)
+
+
+def test_shift_and_flip_move_each_image_as_asked():
+    image = torch.arange(28 * 28, dtype=torch.float32).reshape(1, 1, 28, 28)
+    images = image.repeat(3, 1, 1, 1)
+    out = helpers.shift_and_flip(images, torch.tensor([[2, 2], [2, 2], [0, 4]]), torch.tensor([False, True, False]))
+    assert torch.equal(out[0], image[0])                       # centre crop: unchanged
+    assert torch.equal(out[1], image[0].flip(-1))              # mirrored
+    assert torch.equal(out[2, 0, 2:, :26], image[0, 0, :26, 2:])  # moved down 2 and left 2 ...
+    assert out[2, 0, :2].abs().sum() == 0 and out[2, 0, :, 26:].abs().sum() == 0  # ... zeros come in
+
+
+def test_augmented_batches_differ_but_keep_their_labels(small_sets):
+    train, _, _ = small_sets
+    plain = helpers.DeviceLoader(train, 512, shuffle=True, generator=torch.Generator().manual_seed(0))
+    augmented = helpers.DeviceLoader(train, 512, shuffle=True, generator=torch.Generator().manual_seed(0), augment=True)
+    (x_plain, y_plain), (x_aug, y_aug) = next(iter(plain)), next(iter(augmented))
+    assert torch.equal(y_plain, y_aug) and not torch.equal(x_plain, x_aug)
+    assert 0 <= x_aug.min() and x_aug.max() <= 1
+    # pixels are only moved (some cut off at the border), never made up
+    per_image_aug, per_image_plain = x_aug.sum(dim=(1, 2, 3)), x_plain.sum(dim=(1, 2, 3))
+    assert (per_image_aug <= per_image_plain + 1e-3).all()
+    assert per_image_aug.sum() > 0.9 * per_image_plain.sum()
+
+
+def test_fit_trains_on_the_fast_path(small_sets, small_settings, cpu, tmp_path):
+    train, valid, _ = small_sets
+    generator = helpers.seed_everything(0)
+    model = helpers.build_model("original").to(memory_format=torch.channels_last)
+    optimizer = helpers.make_optimizer(model, small_settings)
+    history = helpers.fit(model, helpers.DeviceLoader(train, 32, shuffle=True, generator=generator, channels_last=True),
+                          helpers.DeviceLoader(valid, 256), loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer,
+                          device=cpu, epochs=3, last_path=tmp_path / "last.pt", settings=small_settings, log=lambda _: None)
+    assert history.epochs == 3 and history.train_loss[-1] < history.train_loss[0]
+    assert helpers.read_checkpoint(tmp_path / "last.pt")["training_state"]["rng"]["loader"] is not None
+
+
+def test_mixed_precision_is_chosen_by_the_hardware():
+    assert helpers.mixed_precision(torch.device("cpu")) is None
+    if torch.cuda.is_available():
+        major, _ = torch.cuda.get_device_capability()
+        assert helpers.mixed_precision(torch.device("cuda")) == (torch.bfloat16 if major >= 8 else torch.float16)
+
+
+def test_bench_reports_both_paths_side_by_side(data_root):
+    import course_tools
+    report = course_tools.bench(images=256, rounds=1)
+    assert report["original_recipe_images_per_s"] > 0 and report["fast_path_images_per_s"] > 0
+    assert abs(report["ratio"] - report["fast_path_images_per_s"] / report["original_recipe_images_per_s"]) < 0.02
+    assert report["device"] == str(helpers.pick_device()) and report["machine"] == helpers.machine()
