@@ -740,6 +740,8 @@ def load_photo(path: Path | str) -> torch.Tensor:
     garment, pad it to a square and shrink it to 28x28.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
+    if not Path(path).is_file():
+        raise ValueError(f"no photo at {path}")
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)  # phones store rotation as metadata
@@ -872,9 +874,7 @@ def read_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> dic
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # torch raises many types here: zip, pickle, EOF, runtime errors
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or another "
-                              f"kind of file?): {reason[:200]}") from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {why_unreadable(path, e)}") from None
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
         return payload
     if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
@@ -882,6 +882,23 @@ def read_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> dic
         return {"format": "bare state_dict", "model": "original", "state_dict": payload,
                 "epoch": None, "metrics": {}}
     raise CheckpointError(f"{path} holds a {type(payload).__name__}, not a course checkpoint or a state_dict")
+
+
+def why_unreadable(path: Path, error: Exception) -> str:
+    """What is wrong with a file torch.load refused, in words a student can act on."""
+    import pickle
+    import zipfile
+    head = path.read_bytes()[:4]
+    if not head:
+        return "the file is empty"
+    if head == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+        return "the file is cut short (an interrupted download or copy?): copy it again"
+    if not head.startswith((b"PK", b"\x80")):  # torch.save writes a zip archive (old torch: a pickle)
+        return "torch.save writes a zip archive and this file is not one (a text file? an image?)"
+    if isinstance(error, pickle.UnpicklingError):
+        return ("it holds Python objects that safe (weights-only) loading refuses: not a course "
+                "checkpoint or a state_dict; never load such files from sources you do not trust")
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 def load_checkpoint(path: Path | str, device: torch.device | str = "cpu",
@@ -916,12 +933,20 @@ def course_checkpoint(name: str = "original") -> Path:
 
 def load_weights(model: nn.Module, payload: dict, path: Path | str) -> nn.Module:
     """Copy a checkpoint's weights into `model` (strict), or say clearly why they do not fit."""
-    try:
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as e:
-        detail = " ".join(str(e).split())[:300]
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in payload["state_dict"].items()}
+    problems = []
+    for label, keys in (("missing", [k for k in expected if k not in found]),
+                        ("unexpected", [k for k in found if k not in expected])):
+        if keys:
+            problems.append(f"{len(keys)} {label} key{'s' * (len(keys) > 1)} ({', '.join(keys[:3])}"
+                            f"{', ...' if len(keys) > 3 else ''})")
+    problems += [f"{k} is {list(found[k])} in the file but {list(expected[k])} in the network"
+                 for k in expected if k in found and found[k] != expected[k]][:3]
+    if problems:
         raise CheckpointError(f"{path} does not fit the {payload.get('model')!r} network "
-                              f"({type(model).__name__}): {detail}") from None
+                              f"({type(model).__name__}): {'; '.join(problems)}")
+    model.load_state_dict(payload["state_dict"], strict=True)
     return model
 
 
@@ -933,7 +958,8 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad argument in one line instead of the usage block."""
 
     def error(self, message: str) -> None:
-        self.exit(2, f"error: {message} (see: python helpers.py {self.prog.split()[-1]} --help)\n")
+        command = " ".join(self.prog.split()[1:])  # "helpers.py train" -> "train"; the top level: ""
+        self.exit(2, f"error: {message} (see: python helpers.py {command + ' ' if command else ''}--help)\n")
 
 
 def positive_int(text: str) -> int:

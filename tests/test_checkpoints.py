@@ -64,16 +64,34 @@ def test_truncated_checkpoint_names_the_file(tmp_path):
     helpers.save_checkpoint(path, trained_a_little())
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(helpers.CheckpointError, match=r"cut\.pt is not a readable PyTorch checkpoint"):
+    with pytest.raises(helpers.CheckpointError, match=r"cut\.pt is not a readable PyTorch checkpoint: the file is cut short"):
         helpers.load_checkpoint(path)
 
 
-@pytest.mark.parametrize("content", [b"", b"hello, I am a text file\n", bytes(range(256)) * 10])
-def test_files_that_are_not_checkpoints_are_refused(tmp_path, content):
+@pytest.mark.parametrize("content, reason", [
+    (b"", "the file is empty"),
+    (b"hello, I am a text file\n", "this file is not one"),
+    (bytes(range(256)) * 10, "this file is not one"),
+])
+def test_files_that_are_not_checkpoints_are_refused(tmp_path, content, reason):
     path = tmp_path / "notes.pt"
     path.write_bytes(content)
-    with pytest.raises(helpers.CheckpointError, match="notes.pt is not a readable PyTorch checkpoint"):
+    with pytest.raises(helpers.CheckpointError, match=f"notes.pt is not a readable PyTorch checkpoint: .*{reason}"):
         helpers.load_checkpoint(path)
+
+
+def test_pickled_code_is_refused_without_running_it(tmp_path):
+    torch.save({"model": nn.Linear(2, 2)}, tmp_path / "whole-module.pt")  # pickles the class, not just tensors
+    with pytest.raises(helpers.CheckpointError, match="safe \\(weights-only\\) loading refuses"):
+        helpers.load_checkpoint(tmp_path / "whole-module.pt")
+
+
+def test_a_shape_mismatch_names_the_layer(tmp_path):
+    state = helpers.build_model("original").state_dict()
+    state["linear1.weight"] = torch.zeros(256, 1152)
+    torch.save(state, tmp_path / "wider.pt")
+    with pytest.raises(helpers.CheckpointError, match=r"linear1\.weight is \[256, 1152\] in the file but \[128, 1152\]"):
+        helpers.load_checkpoint(tmp_path / "wider.pt")
 
 
 def test_other_objects_are_refused(tmp_path):
@@ -85,7 +103,7 @@ def test_other_objects_are_refused(tmp_path):
 def test_another_architecture_is_refused_with_the_mismatch(tmp_path):
     other = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
     torch.save(other.state_dict(), tmp_path / "mlp.pt")
-    with pytest.raises(helpers.CheckpointError, match=r"mlp\.pt does not fit the 'original' network.*Missing key"):
+    with pytest.raises(helpers.CheckpointError, match=r"mlp\.pt does not fit the 'original' network \(FMnistCNN\): 30 missing keys \(conv_block1\.0\.weight.*2 unexpected keys \(1\.weight, 1\.bias\)"):
         helpers.load_checkpoint(tmp_path / "mlp.pt")
 
 
