@@ -73,6 +73,7 @@ class Settings:
     train_size: int | None = None   # None: all 50,000 training images
     valid_size: int | None = None   # None: all 10,000 validation images
     test_size: int | None = None    # None: all 10,000 test images
+    fast: bool = False              # the fast path: data on the device, channels-last, mixed precision
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "lr_patience", "stop_patience"):
@@ -578,6 +579,7 @@ def fit(model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, *,
         scheduler=None, writer=None, early_stopping: EarlyStopping | None = None,
         best_path: Path | str | None = None, last_path: Path | str | None = None,
         resume: Path | str | None = None, settings: Settings | None = None,
+        precision: torch.dtype | None = None,
         log: Callable[[str], None] = print) -> History:
     """Train for up to `epochs` epochs, validating after each one.
 
@@ -585,6 +587,7 @@ def fit(model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, *,
     best checkpoint (validation accuracy) to best_path and the latest, with everything needed to
     resume, to last_path; stops early when `early_stopping` says so. `resume=last_path` carries
     on an interrupted run exactly. Ctrl-C (or Colab's stop button) ends the run cleanly.
+    precision: see train_one_epoch (mixed precision on a GPU).
     Returns the History for plotting.
     """
     history = History()
@@ -599,7 +602,7 @@ def fit(model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, *,
         try:
             start = time.perf_counter()
             lr = current_lr(optimizer)
-            train_loss = train_one_epoch(model, train_loader, loss_fn, optimizer, device)
+            train_loss = train_one_epoch(model, train_loader, loss_fn, optimizer, device, precision)
             valid_loss, valid_accuracy = evaluate(model, valid_loader, loss_fn, device)
         except KeyboardInterrupt:
             history.interrupted = True
@@ -975,14 +978,26 @@ def positive_int(text: str) -> int:
 
 def run_name(settings: Settings) -> str:
     """A readable TensorBoard run name: network, settings and start time."""
-    return (f"{settings.model}-b{settings.batch_size}-lr{settings.lr:g}"
+    return (f"{settings.model}-b{settings.batch_size}-lr{settings.lr:g}{'-fast' if settings.fast else ''}"
             f"{'-smoke' if settings.train_size else ''}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def make_run_loaders(settings: Settings, train_set: Dataset, valid_set: Dataset, test_set: Dataset,
+                     generator: torch.Generator, device: torch.device) -> tuple:
+    """Train (shuffled), validation and test loaders of a run: DataLoaders, or the fast path."""
+    if settings.fast:
+        return (DeviceLoader(train_set, settings.batch_size, shuffle=True, generator=generator, device=device,
+                             channels_last=True),
+                DeviceLoader(valid_set, 1000, device=device, channels_last=True),
+                DeviceLoader(test_set, 1000, device=device, channels_last=True))
+    return (make_loader(train_set, settings.batch_size, shuffle=True, generator=generator, device=device),
+            make_loader(valid_set, 1000, device=device), make_loader(test_set, 1000, device=device))
 
 
 def train_command(args: argparse.Namespace) -> None:
     """Train one network end to end, save best and last checkpoints, print test accuracy."""
     from torch.utils.tensorboard import SummaryWriter
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v}
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("fast", args.fast)) if v}
     resumed = None
     if args.resume:  # the run's own settings; only --epochs may change (to train for longer)
         saved = read_checkpoint(args.resume)
@@ -995,11 +1010,11 @@ def train_command(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     generator = seed_everything(settings.seed)
     train_set, valid_set, test_set = load_datasets(settings, root=args.data)
-    train_loader = make_loader(train_set, settings.batch_size, shuffle=True, generator=generator, device=device)
-    valid_loader = make_loader(valid_set, 1000, device=device)
-    test_loader = make_loader(test_set, 1000, device=device)
-
+    train_loader, valid_loader, test_loader = make_run_loaders(settings, train_set, valid_set, test_set,
+                                                               generator, device)
     model = build_model(settings.model).to(device)
+    if settings.fast:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, settings)
     best_path, last_path = checkpoint_paths(settings)
     if args.out:
@@ -1019,7 +1034,8 @@ def train_command(args: argparse.Namespace) -> None:
         history = fit(model, train_loader, valid_loader, loss_fn=loss_fn, optimizer=optimizer,
                       device=device, epochs=settings.epochs, scheduler=make_scheduler(optimizer, settings),
                       writer=writer, early_stopping=EarlyStopping(settings.stop_patience),
-                      best_path=best_path, last_path=last_path, resume=args.resume, settings=settings)
+                      best_path=best_path, last_path=last_path, resume=args.resume, settings=settings,
+                      precision=mixed_precision(device) if settings.fast else None)
     minutes = (time.perf_counter() - start) / 60
     if history.interrupted:
         raise KeyboardInterrupt
@@ -1059,6 +1075,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--model", default="original", choices=sorted(MODELS))
     train.add_argument("--epochs", type=positive_int, help="maximum epochs (default: 50, smoke: 2)")
     train.add_argument("--batch-size", type=positive_int, help="training batch size (default: 16)")
+    train.add_argument("--fast", action="store_true", help="the fast path: data on the device, "
+                       "channels-last, mixed precision on a GPU")
     train.add_argument("--smoke", action="store_true", help="a few thousand images, 2 epochs (as FMNIST_SMOKE=1)")
     train.add_argument("--resume", metavar="LAST_CHECKPOINT",
                        help="carry on an interrupted run from its last checkpoint (NAME-last.pt)")

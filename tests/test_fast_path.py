@@ -83,3 +83,13 @@ def test_bench_reports_both_paths_side_by_side(data_root):
     assert report["original_recipe_images_per_s"] > 0 and report["fast_path_images_per_s"] > 0
     assert abs(report["ratio"] - report["fast_path_images_per_s"] / report["original_recipe_images_per_s"]) < 0.02
     assert report["device"] == str(helpers.pick_device()) and report["machine"] == helpers.machine()
+
+
+def test_a_fast_run_uses_device_loaders_and_says_so(small_sets, small_settings, cpu):
+    fast = helpers.course_settings(smoke=True, fast=True)
+    loaders = helpers.make_run_loaders(fast, *small_sets, torch.Generator(), cpu)
+    assert all(isinstance(loader, helpers.DeviceLoader) for loader in loaders)
+    assert loaders[0].shuffle and loaders[0].channels_last and not loaders[1].shuffle
+    assert "-fast" in helpers.run_name(fast) and "-fast" not in helpers.run_name(small_settings)
+    slow = helpers.make_run_loaders(small_settings, *small_sets, torch.Generator(), cpu)
+    assert all(isinstance(loader, torch.utils.data.DataLoader) for loader in slow)
