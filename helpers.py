@@ -749,8 +749,10 @@ def load_photo(path: Path | str) -> torch.Tensor:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)  # phones store rotation as metadata
             img = img.convert("RGBA")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ValueError(f"{path} is not an image that can be read (PNG or JPEG expected): {e}") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{path} is not an image that can be read (PNG or JPEG expected)") from None
+    except (OSError, ValueError) as e:  # a truncated or damaged image file
+        raise ValueError(f"{path} is a damaged image ({e}): save or download it again") from None
     background = Image.new("RGBA", img.size, "white")  # transparent pixels become background
     gray = np.asarray(Image.alpha_composite(background, img).convert("L"), dtype=np.float32) / 255
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])

@@ -1,6 +1,10 @@
 """Shared fixtures: the real Fashion-MNIST (prepared once), small real subsets, a CPU device."""
+import os
 import sys
 from pathlib import Path
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel workers (pytest -n): one thread each, so they
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # share the cores instead of fighting for them
 
 import pytest
 import torch

@@ -48,6 +48,13 @@ def test_files_that_are_not_photos_are_refused(tmp_path):
     (tmp_path / "notes.jpg").write_text("this is not a JPEG")
     with pytest.raises(ValueError, match="notes.jpg is not an image that can be read"):
         helpers.load_photo(tmp_path / "notes.jpg")
+    Image.new("RGB", (200, 200), "navy").save(tmp_path / "photo.jpg")
+    whole = (tmp_path / "photo.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) // 3])   # an interrupted upload
+    with pytest.raises(ValueError, match="cut.jpg is a damaged image .*save or download it again"):
+        helpers.load_photo(tmp_path / "cut.jpg")
+    with pytest.raises(ValueError, match="no photo at"):
+        helpers.load_photo(tmp_path / "nowhere.jpg")
     Image.new("RGB", (64, 64), "white").save(tmp_path / "blank.png")
     with pytest.raises(ValueError, match="no garment found"):
         helpers.load_photo(tmp_path / "blank.png")
