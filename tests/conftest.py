@@ -45,3 +45,47 @@ def no_local_copy(monkeypatch, tmp_path):
     monkeypatch.setattr(helpers, "DEBIAN_DATA_DIR", tmp_path / "no-debian-copy")
     # Port 9 (discard) on loopback refuses connections: the real download code fails as offline.
     monkeypatch.setattr(helpers.datasets.FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])
+
+
+# After the whole run (unit tests and notebooks): nothing may be left behind outside the ignored
+# folders, and no TensorBoard server may outlive the tests that started it.
+
+def untracked_files() -> set[str] | None:
+    """Files git neither tracks nor ignores (None outside a git checkout)."""
+    import subprocess
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {line[3:] for line in out.splitlines() if line.startswith("??")}
+
+
+def tensorboard_processes() -> set[int]:
+    """Process ids of running TensorBoard servers."""
+    pids = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"tensorboard" in command and b"--logdir" in command:
+            pids.add(int(proc.name))
+    return pids
+
+
+def pytest_sessionstart(session):
+    session.config.stash_before = (untracked_files(), tensorboard_processes())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("PYTEST_XDIST_WORKER") or not hasattr(session.config, "stash_before"):
+        return  # the controller checks once, after every worker has finished
+    files_before, servers_before = session.config.stash_before
+    files_after = untracked_files()
+    stray = sorted(files_after - files_before) if files_before is not None and files_after is not None else []
+    servers = sorted(tensorboard_processes() - servers_before)
+    if stray or servers:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        reporter.write_line(f"LEFT BEHIND by the test run: files {stray[:10]}, TensorBoard servers {servers}", red=True)
+        session.exitstatus = 1
