@@ -309,13 +309,13 @@ def bench(images: int = 8192, rounds: int = 3) -> dict:
     (b) the fast path: the uint8 data on the device (DeviceLoader), channels-last, a batch of 256
         on a CPU or 1,024 on a GPU, mixed precision chosen by the GPU's compute capability.
     The two alternate `rounds` times and the median of each is reported, so background load
-    touches both alike.
+    touches both alike. On a GPU, also (c) the wall time of the improved recipe to 93% test accuracy.
     """
     import statistics
     import torch
     import helpers
     device = helpers.pick_device()
-    train_set, _, _ = helpers.load_datasets(helpers.course_settings(smoke=False))
+    train_set, valid_set, test_set = helpers.load_datasets(helpers.course_settings(smoke=False))
     subset = helpers.first(train_set, images)
     precision = helpers.mixed_precision(device)
     fast_batch = 1024 if device.type == "cuda" else 256
@@ -328,10 +328,45 @@ def bench(images: int = 8192, rounds: int = 3) -> dict:
         loader = helpers.DeviceLoader(subset, fast_batch, shuffle=True, device=device, channels_last=True)
         fast.append(images_per_second(model, loader, device, precision))
     a, b = statistics.median(original), statistics.median(fast)
-    return {"machine": helpers.machine(), "device": str(device), "images_per_round": images, "rounds": rounds,
-            "original_recipe_images_per_s": round(a), "fast_path_images_per_s": round(b),
-            "fast_path_batch": fast_batch, "precision": str(precision).replace("torch.", "") if precision else "float32",
-            "ratio": round(b / a, 2)}
+    report = {"machine": helpers.machine(), "device": str(device), "images_per_round": images, "rounds": rounds,
+              "original_recipe_images_per_s": round(a), "fast_path_images_per_s": round(b),
+              "fast_path_batch": fast_batch, "precision": str(precision).replace("torch.", "") if precision else "float32",
+              "ratio": round(b / a, 2)}
+    if device.type == "cuda":  # on a CPU this would take the better part of an hour
+        report["improved_to_93"] = time_to_accuracy(helpers.course_settings(smoke=False, recipe="improved"),
+                                                    train_set, valid_set, test_set, device)
+    return report
+
+
+def time_to_accuracy(settings, train_set, valid_set, test_set, device, target: float = 0.93) -> dict:
+    """Wall time of a recipe until its test accuracy, checked after every epoch, first reaches `target`.
+
+    The clock includes the per-epoch test evaluations (you must look to know you are there) and
+    starts after one untimed warm-up step, which pays for CUDA's and cuDNN's start-up.
+    """
+    import time
+    import torch
+    import helpers
+    generator = helpers.seed_everything(settings.seed)
+    train_loader, _, test_loader = helpers.make_run_loaders(settings, train_set, valid_set, test_set, generator, device)
+    model = helpers.build_model(settings.model).to(device, memory_format=torch.channels_last)
+    optimizer = helpers.make_optimizer(model, settings)
+    scheduler = helpers.make_scheduler(optimizer, settings, len(train_loader))
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
+    precision = helpers.mixed_precision(device)
+    warm_up = helpers.build_model(settings.model).to(device, memory_format=torch.channels_last)
+    batch = (torch.rand(settings.batch_size, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last),
+             torch.randint(0, 10, (settings.batch_size,), device=device))  # leaves the seeded generator alone
+    helpers.train_one_epoch(warm_up, [batch], loss_fn, torch.optim.SGD(warm_up.parameters(), lr=0.0), device, precision)
+    start = time.perf_counter()
+    accuracy = 0.0
+    for epoch in range(1, settings.epochs + 1):
+        helpers.train_one_epoch(model, train_loader, loss_fn, optimizer, device, precision, scheduler)
+        _, accuracy = helpers.evaluate(model, test_loader, torch.nn.CrossEntropyLoss(), device)
+        if accuracy >= target:
+            break
+    return {"target": target, "reached": accuracy >= target, "epochs": epoch, "test_accuracy": round(accuracy, 4),
+            "seconds": round(time.perf_counter() - start, 2), "recipe": settings.model}
 
 
 def main(argv: list[str]) -> int:

@@ -93,3 +93,13 @@ def test_a_fast_run_uses_device_loaders_and_says_so(small_sets, small_settings, 
     assert "-fast" in helpers.run_name(fast) and "-fast" not in helpers.run_name(small_settings)
     slow = helpers.make_run_loaders(small_settings, *small_sets, torch.Generator(), cpu)
     assert all(isinstance(loader, torch.utils.data.DataLoader) for loader in slow)
+
+
+def test_time_to_accuracy_stops_at_the_first_epoch_that_reaches_the_target(small_sets, cpu):
+    import course_tools
+    settings = helpers.course_settings(smoke=True, recipe="improved", epochs=3, batch_size=64,
+                                       train_size=512, valid_size=256, test_size=256)
+    reached = course_tools.time_to_accuracy(settings, *small_sets, cpu, target=0.05)
+    assert reached["reached"] and reached["epochs"] == 1 and reached["seconds"] > 0
+    missed = course_tools.time_to_accuracy(settings, *small_sets, cpu, target=1.01)
+    assert not missed["reached"] and missed["epochs"] == 3 and 0 <= missed["test_accuracy"] <= 1

@@ -1,0 +1,104 @@
+"""Stage 10's recipes: the improved network, one-cycle, augmentation, label smoothing, flip TTA."""
+import dataclasses
+
+import pytest
+import torch
+import torch.nn as nn
+
+import helpers
+
+
+def test_the_improved_network_stays_under_300k_parameters_and_is_deterministic_in_eval():
+    torch.manual_seed(0)
+    model = helpers.build_model("improved")
+    assert helpers.count_parameters(model) == 261_298 <= 300_000
+    assert helpers.model_name(model) == "improved"
+    x = torch.rand(4, 1, 28, 28)
+    model.train()
+    model(torch.rand(64, 1, 28, 28))  # move the BatchNorm statistics away from their start
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+        assert logits.shape == (4, 10)
+        assert torch.equal(logits, model(x))
+
+
+@pytest.mark.parametrize("recipe", sorted(helpers.RECIPES))
+def test_every_recipe_is_valid_and_smoke_mode_only_shrinks_it(recipe):
+    full = helpers.course_settings(smoke=False, recipe=recipe)
+    smoke = helpers.course_settings(smoke=True, recipe=recipe)
+    assert smoke.epochs == 2 and smoke.train_size == 4000
+    assert dataclasses.replace(smoke, epochs=full.epochs, train_size=None, valid_size=None, test_size=None) == full
+
+
+def test_recipes_name_their_checkpoints_apart(tmp_path):
+    names = {recipe: helpers.checkpoint_paths(helpers.course_settings(smoke=False, recipe=recipe), tmp_path)[0].name
+             for recipe in helpers.RECIPES}
+    assert names == {"original": "original.pt", "original-fast": "original-fast.pt", "improved": "improved.pt"}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"optimizer": "sgd"}, "unknown optimizer 'sgd'"),
+    ({"schedule": "cosine"}, "unknown schedule 'cosine'"),
+    ({"label_smoothing": 1.0}, "label_smoothing must be in 0..1"),
+    ({"augment": True, "fast": False}, "augment=True needs the fast path"),
+])
+def test_bad_recipe_settings_are_refused_with_the_way_out(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        helpers.course_settings(smoke=True, **overrides)
+    with pytest.raises(ValueError, match="unknown recipe 'resnet'"):
+        helpers.course_settings(recipe="resnet")
+
+
+def test_one_cycle_warms_up_then_anneals_once_per_batch():
+    settings = helpers.course_settings(smoke=False, recipe="original-fast")
+    optimizer = helpers.make_optimizer(helpers.build_model("original"), settings)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        helpers.make_scheduler(optimizer, settings)
+    scheduler = helpers.make_scheduler(optimizer, settings, steps_per_epoch=10)
+    assert helpers.steps_per_batch(scheduler)
+    lrs = []
+    for _ in range(settings.epochs * 10):
+        lrs.append(helpers.current_lr(optimizer))
+        optimizer.step()
+        scheduler.step()
+    peak = lrs.index(max(lrs))
+    assert max(lrs) == pytest.approx(settings.lr) and 0.2 < peak / len(lrs) < 0.4
+    assert lrs[0] < settings.lr / 10 and lrs[-1] < settings.lr / 1000
+    assert not helpers.steps_per_batch(helpers.make_scheduler(optimizer, helpers.course_settings(smoke=True)))
+
+
+def test_train_run_with_the_improved_recipe_learns_and_ends_its_schedule(small_sets, cpu, tmp_path):
+    train, valid, _ = small_sets
+    settings = helpers.course_settings(smoke=True, recipe="improved", epochs=2, batch_size=64,
+                                       train_size=512, valid_size=256, test_size=256)
+    lines = []
+    model, history, minutes = helpers.train_run(settings, train, valid, cpu, run_dir=tmp_path / "run",
+                                                best_path=tmp_path / "best.pt", last_path=tmp_path / "last.pt",
+                                                log=lines.append)
+    assert history.epochs == 2 and minutes > 0 and not history.stopped_early
+    assert history.train_loss[-1] < history.train_loss[0]
+    assert lines[0].startswith("training improved (261,298 parameters)")
+    state = helpers.read_checkpoint(tmp_path / "last.pt")["training_state"]
+    assert state["scheduler"]["last_epoch"] == 2 * 8  # stepped per batch: 8 batches of 64, twice
+    assert state["early_stopping"] is None  # a fixed-length schedule has no early stopping
+    reloaded, meta = helpers.load_checkpoint(tmp_path / "last.pt", expect="improved")
+    assert meta["settings"]["label_smoothing"] == 0.1 and meta["settings"]["augment"]
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(reloaded(x), model.eval()(x), atol=1e-5)  # channels-last vs plain layout
+
+
+def test_flip_tta_averages_each_image_with_its_mirror(small_sets, cpu):
+    _, valid, _ = small_sets
+    torch.manual_seed(0)
+    model = helpers.build_model("improved").eval()
+    loader = helpers.make_loader(valid, 128)
+    loss_fn = nn.CrossEntropyLoss()
+    loss, accuracy = helpers.evaluate(model, loader, loss_fn, cpu, flip_tta=True)
+    with torch.no_grad():
+        images, labels = map(torch.cat, zip(*loader))
+        logits = (model(images) + model(images.flip(3))) / 2
+    assert accuracy == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+    assert loss == pytest.approx(loss_fn(logits, labels).item(), rel=1e-5)
+    assert helpers.evaluate(model, loader, loss_fn, cpu)[0] != pytest.approx(loss, rel=1e-6)
