@@ -122,6 +122,8 @@ def execute(paths: list[Path]) -> None:
     """Re-run notebooks top to bottom in place, in full mode, in the notebooks' folder."""
     import os
     env = {k: v for k, v in os.environ.items() if k != "FMNIST_SMOKE"}
+    # %tensorboard looks for the `tensorboard` program on PATH: the one beside this Python
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     for path in paths:
         print(f"executing {path.name} ...", flush=True)
         try:

@@ -56,7 +56,7 @@ def test_resume_needs_a_last_checkpoint(small_sets, small_settings, tmp_path):
 
 def test_killed_training_process_leaves_loadable_checkpoints_and_resumes(tmp_path, data_root):
     out = tmp_path / "killed.pt"
-    command = [sys.executable, str(helpers.REPO_ROOT / "helpers.py"), "train", "--smoke", "--epochs", "2",
+    command = [sys.executable, str(helpers.REPO_ROOT / "helpers.py"), "train", "--smoke", "--fast", "--epochs", "2",
                "--out", str(out), "--runs", str(tmp_path / "runs"), "--device", "cpu"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = out.with_name("killed-last.pt")
