@@ -1,5 +1,5 @@
 """The reference checkpoints shipped with the course reproduce their recorded test accuracy
-through the command line: `python helpers.py evaluate PATH --json` on the real 10,000 test images."""
+through the command line: `python helpers.py evaluate PATH ... --json` on the real 10,000 test images."""
 import json
 import subprocess
 import sys
@@ -9,23 +9,43 @@ import pytest
 import helpers
 
 REFERENCES = sorted(helpers.REFERENCE.glob("*.pt"))
+ORIGINAL_NOTEBOOK_LAST = 0.923  # the original notebook's last checkpoint, after 42 epochs (COURSE.md)
+FIXED_LENGTH = ("original-fast.pt", "improved.pt")  # one-cycle recipes: the reference is the last epoch
 
 
-def test_the_original_network_has_best_and_last_references():
-    assert {"original.pt", "original-last.pt"} <= {p.name for p in REFERENCES}
+def test_every_network_has_its_references():
+    assert {"original.pt", "original-last.pt", *FIXED_LENGTH} <= {p.name for p in REFERENCES}
+
+
+@pytest.fixture(scope="module")
+def reports(data_root) -> dict[str, dict]:
+    """One `evaluate --json` run over every reference (the data and torch are loaded once)."""
+    result = subprocess.run([sys.executable, str(helpers.REPO_ROOT / "helpers.py"), "evaluate",
+                             *map(str, REFERENCES), "--json", "--device", "cpu", "--data", str(data_root)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["checkpoint"] for line in lines] == list(map(str, REFERENCES))
+    return {line["checkpoint"]: line for line in lines}
 
 
 @pytest.mark.parametrize("path", REFERENCES, ids=[p.name for p in REFERENCES])
-def test_reference_reproduces_its_recorded_test_accuracy(path, data_root):
+def test_reference_reproduces_its_recorded_test_accuracy(path, reports):
     recorded = helpers.read_checkpoint(path)["reference"]
     assert {"command", "machine", "training_minutes", "test_loss"} <= set(recorded)
-    result = subprocess.run([sys.executable, str(helpers.REPO_ROOT / "helpers.py"), "evaluate", str(path),
-                             "--json", "--device", "cpu", "--data", str(data_root)],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = reports[str(path)]
     assert report["test_images"] == 10_000
     assert report["params"] == helpers.count_parameters(helpers.build_model(report["model"]))
     assert abs(report["test_accuracy"] - recorded["test_accuracy"]) <= 0.001  # 0.1 points
     assert report["test_loss"] == pytest.approx(recorded["test_loss"], abs=1e-3)
+    assert report["test_accuracy"] > ORIGINAL_NOTEBOOK_LAST
     assert helpers.course_checkpoint(path.stem) in (path, helpers.CHECKPOINTS / path.name)
+
+
+@pytest.mark.parametrize("name", FIXED_LENGTH)
+def test_fixed_length_references_are_the_last_epoch_of_their_recipe(name):
+    """Their figures are final-epoch ones of the recipe as RECIPES holds it, not a best epoch."""
+    payload = helpers.read_checkpoint(helpers.REFERENCE / name)
+    recipe = name.removesuffix(".pt")
+    assert payload["settings"] == vars(helpers.course_settings(smoke=False, recipe=recipe))
+    assert payload["epoch"] == payload["settings"]["epochs"]
