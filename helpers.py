@@ -743,15 +743,20 @@ def make_eval_loader(settings: Settings, dataset: Dataset, device: torch.device)
     return make_loader(dataset, 1000, device=device)
 
 
+def make_train_loader(settings: Settings, train_set: Dataset, generator: torch.Generator,
+                      device: torch.device):
+    """Shuffled training batches of the run's size: a DataLoader, or the fast path (augmented if asked)."""
+    if settings.fast:
+        return DeviceLoader(train_set, settings.batch_size, shuffle=True, generator=generator,
+                            device=device, augment=settings.augment, channels_last=True)
+    return make_loader(train_set, settings.batch_size, shuffle=True, generator=generator, device=device)
+
+
 def make_run_loaders(settings: Settings, train_set: Dataset, valid_set: Dataset, test_set: Dataset,
                      generator: torch.Generator, device: torch.device) -> tuple:
     """Train (shuffled), validation and test loaders of a run: DataLoaders, or the fast path."""
-    if settings.fast:
-        train_loader = DeviceLoader(train_set, settings.batch_size, shuffle=True, generator=generator,
-                                    device=device, augment=settings.augment, channels_last=True)
-    else:
-        train_loader = make_loader(train_set, settings.batch_size, shuffle=True, generator=generator, device=device)
-    return (train_loader, make_eval_loader(settings, valid_set, device), make_eval_loader(settings, test_set, device))
+    return (make_train_loader(settings, train_set, generator, device),
+            make_eval_loader(settings, valid_set, device), make_eval_loader(settings, test_set, device))
 
 
 def train_run(settings: Settings, train_set: Dataset, valid_set: Dataset, device: torch.device, *,
@@ -764,7 +769,8 @@ def train_run(settings: Settings, train_set: Dataset, valid_set: Dataset, device
     """
     from torch.utils.tensorboard import SummaryWriter
     generator = seed_everything(settings.seed)
-    train_loader, valid_loader, _ = make_run_loaders(settings, train_set, valid_set, valid_set, generator, device)
+    train_loader = make_train_loader(settings, train_set, generator, device)
+    valid_loader = make_eval_loader(settings, valid_set, device)
     model = build_model(settings.model).to(device)
     if settings.fast:
         model = model.to(memory_format=torch.channels_last)
