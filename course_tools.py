@@ -351,10 +351,7 @@ def time_to_accuracy(settings, train_set, valid_set, test_set, device, target: f
     import helpers
     generator = helpers.seed_everything(settings.seed)
     train_loader, _, test_loader = helpers.make_run_loaders(settings, train_set, valid_set, test_set, generator, device)
-    model = helpers.build_model(settings.model).to(device, memory_format=torch.channels_last)
-    optimizer = helpers.make_optimizer(model, settings)
-    scheduler = helpers.make_scheduler(optimizer, settings, len(train_loader))
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
+    model, optimizer, scheduler, loss_fn = helpers.make_training(settings, device, len(train_loader))
     precision = helpers.mixed_precision(device)
     warm_up = helpers.build_model(settings.model).to(device, memory_format=torch.channels_last)
     batch = (torch.rand(settings.batch_size, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last),
@@ -368,7 +365,7 @@ def time_to_accuracy(settings, train_set, valid_set, test_set, device, target: f
         if accuracy >= target:
             break
     return {"target": target, "reached": accuracy >= target, "epochs": epoch, "test_accuracy": round(accuracy, 4),
-            "seconds": round(time.perf_counter() - start, 2), "recipe": settings.model}
+            "seconds": round(time.perf_counter() - start, 2), "model": settings.model}
 
 
 def main(argv: list[str]) -> int:

@@ -759,6 +759,16 @@ def make_run_loaders(settings: Settings, train_set: Dataset, valid_set: Dataset,
             make_eval_loader(settings, valid_set, device), make_eval_loader(settings, test_set, device))
 
 
+def make_training(settings: Settings, device: torch.device, steps_per_epoch: int) -> tuple:
+    """A fresh network (channels-last on the fast path), its optimizer, scheduler and loss, from a recipe."""
+    model = build_model(settings.model).to(device)
+    if settings.fast:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, settings)
+    return (model, optimizer, make_scheduler(optimizer, settings, steps_per_epoch),
+            nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing))
+
+
 def train_run(settings: Settings, train_set: Dataset, valid_set: Dataset, device: torch.device, *,
               run_dir: Path | str, best_path: Path | str | None = None, last_path: Path | str | None = None,
               resume: Path | str | None = None, log: Callable[[str], None] = print) -> tuple[nn.Module, History, float]:
@@ -771,18 +781,14 @@ def train_run(settings: Settings, train_set: Dataset, valid_set: Dataset, device
     generator = seed_everything(settings.seed)
     train_loader = make_train_loader(settings, train_set, generator, device)
     valid_loader = make_eval_loader(settings, valid_set, device)
-    model = build_model(settings.model).to(device)
-    if settings.fast:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, settings)
+    model, optimizer, scheduler, loss_fn = make_training(settings, device, len(train_loader))
     log(f"training {settings.model} ({count_parameters(model):,} parameters) on {device}: "
         f"{len(train_set):,} train / {len(valid_set):,} valid images, batch {settings.batch_size}, "
         f"up to {settings.epochs} epochs; TensorBoard run {os.path.relpath(run_dir)}")
     start = time.perf_counter()
     with SummaryWriter(run_dir) as writer:
         history = fit(model, train_loader, valid_loader, optimizer=optimizer, device=device, epochs=settings.epochs,
-                      loss_fn=nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing),
-                      scheduler=make_scheduler(optimizer, settings, len(train_loader)), writer=writer,
+                      loss_fn=loss_fn, scheduler=scheduler, writer=writer,
                       early_stopping=None if settings.schedule == "onecycle" else EarlyStopping(settings.stop_patience),
                       best_path=best_path, last_path=last_path, resume=resume, settings=settings,
                       precision=mixed_precision(device) if settings.fast else None, log=log)
