@@ -78,6 +78,7 @@ class Settings:
     schedule: str = "plateau"       # "plateau" (ReduceLROnPlateau) or "onecycle" (up, then down, per step)
     augment: bool = False           # random 2-pixel shifts and mirror images (fast path only)
     label_smoothing: float = 0.0    # CrossEntropyLoss(label_smoothing=...): softer targets
+    compile: bool = False           # torch.compile the network (with CUDA graphs on a GPU); see compile_model
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "lr_patience", "stop_patience"):
@@ -102,7 +103,7 @@ class Settings:
 # The three recipes of the course: stages 5-6 teach the original; stage 10 climbs to the others.
 RECIPES: dict[str, dict] = {
     "original": {},  # the original notebook: batch 16, Adam 1e-3, ReduceLROnPlateau, early stopping
-    "original-fast": dict(fast=True, batch_size=128, epochs=15, lr=3e-3, schedule="onecycle"),
+    "original-fast": dict(fast=True, batch_size=128, epochs=25, lr=3e-3, schedule="onecycle"),
     "improved": dict(model="improved", fast=True, batch_size=256, epochs=24, lr=4e-3, optimizer="adamw",
                      weight_decay=0.05, schedule="onecycle", augment=True, label_smoothing=0.1),
 }
@@ -759,11 +760,26 @@ def make_run_loaders(settings: Settings, train_set: Dataset, valid_set: Dataset,
             make_eval_loader(settings, valid_set, device), make_eval_loader(settings, test_set, device))
 
 
+def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """Compile the network in place: fused kernels, and on a GPU CUDA graphs (one launch per step).
+
+    nn.Module.compile keeps the module and its state_dict keys as they are, so checkpoints load
+    into an uncompiled network. dynamic=False: one graph per batch shape (a full batch, the last
+    one, the evaluation batch) instead of slower shape-generic code. The first batches pay for
+    the compilation (tens of seconds); on a CPU the compiled network trains slower than eager
+    PyTorch's own kernels (measured: see the README), so the course only uses it on a GPU.
+    """
+    model.compile(mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
+    return model
+
+
 def make_training(settings: Settings, device: torch.device, steps_per_epoch: int) -> tuple:
     """A fresh network (channels-last on the fast path), its optimizer, scheduler and loss, from a recipe."""
     model = build_model(settings.model).to(device)
     if settings.fast:
         model = model.to(memory_format=torch.channels_last)
+    if settings.compile:
+        compile_model(model, device)
     optimizer = make_optimizer(model, settings)
     return (model, optimizer, make_scheduler(optimizer, settings, steps_per_epoch),
             nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing))
@@ -1134,14 +1150,16 @@ def run_name(settings: Settings) -> str:
 
 def train_command(args: argparse.Namespace) -> None:
     """Train one network end to end, save best and last checkpoints, print test accuracy."""
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v}
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
+                                   ("compile", args.compile)) if v}
     resumed = None
-    if args.resume:  # the run's own settings; only --epochs may change (to train for longer)
+    if args.resume:  # the run's own settings; only --epochs (to train longer) and --compile may change
         saved = read_checkpoint(args.resume)
         resumed = saved.get("training_state")
         if resumed is None or not saved.get("settings"):
             raise CheckpointError(f"{args.resume} is not the last checkpoint of a run: nothing to resume")
-        settings = replace(Settings(**saved["settings"]), **{k: v for k, v in overrides.items() if k == "epochs"})
+        settings = replace(Settings(**saved["settings"]),
+                           **{k: v for k, v in overrides.items() if k in ("epochs", "compile")})
     else:
         recipe = "improved" if args.model == "improved" else "original-fast" if args.fast else "original"
         settings = course_settings(smoke=args.smoke or None, recipe=recipe, **overrides)
@@ -1199,11 +1217,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     train = commands.add_parser("train", help="train a network end to end and report test accuracy")
     train.add_argument("--model", default="original", choices=sorted(MODELS))
-    train.add_argument("--epochs", type=positive_int, help="maximum epochs (default: the recipe's: 50 original, 15 --fast, 24 improved; smoke: 2)")
+    train.add_argument("--epochs", type=positive_int, help="maximum epochs (default: the recipe's: 50 original, 25 --fast, 24 improved; smoke: 2)")
     train.add_argument("--batch-size", type=positive_int, help="training batch size (default: 16 original, 128 --fast, 256 improved)")
     train.add_argument("--fast", action="store_true", help="the original network on the fast path: data on the "
-                       "device, channels-last, mixed precision on a GPU, batch 128, one-cycle, 15 epochs "
+                       "device, channels-last, mixed precision on a GPU, batch 128, one-cycle, 25 epochs "
                        "(--model improved always runs on it)")
+    train.add_argument("--compile", action="store_true", help="torch.compile the network, with CUDA graphs on "
+                       "a GPU (the first batches pay for compiling; slower than plain PyTorch on a CPU)")
     train.add_argument("--smoke", action="store_true", help="a few thousand images, 2 epochs (as FMNIST_SMOKE=1)")
     train.add_argument("--resume", metavar="LAST_CHECKPOINT",
                        help="carry on an interrupted run from its last checkpoint (NAME-last.pt)")
@@ -1215,13 +1235,14 @@ def main(argv: list[str] | None = None) -> int:
     evaluate_p.add_argument("--json", action="store_true", help="print one JSON object per checkpoint")
     bench = commands.add_parser("bench", help="training images/s: the original recipe vs the fast path")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--compile", action="store_true", help="also time the compiled fast path (always on a GPU)")
     for sub in (train, evaluate_p):
         sub.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
         sub.add_argument("--data", default=str(DATA_ROOT), help="data root (default: data/)")
     args = parser.parse_args(argv)
     if args.command == "bench":  # instructor machinery lives in course_tools.py
         import course_tools
-        return course_tools.main(["bench"] + (["--json"] if args.json else []))
+        return course_tools.main(["bench"] + ["--json"] * args.json + ["--compile"] * args.compile)
     try:
         {"train": train_command, "evaluate": evaluate_command}[args.command](args)
     except (CourseError, ValueError) as e:

@@ -103,3 +103,19 @@ def test_time_to_accuracy_stops_at_the_first_epoch_that_reaches_the_target(small
     assert reached["reached"] and reached["epochs"] == 1 and reached["seconds"] > 0
     missed = course_tools.time_to_accuracy(settings, *small_sets, cpu, target=1.01)
     assert not missed["reached"] and missed["epochs"] == 3 and 0 <= missed["test_accuracy"] <= 1
+
+
+def test_a_compiled_network_trains_and_saves_checkpoints_an_uncompiled_one_loads(small_sets, cpu, tmp_path):
+    train, valid, _ = small_sets
+    settings = helpers.course_settings(smoke=True, recipe="original-fast", compile=True, epochs=1, batch_size=128)
+    model, optimizer, _, loss_fn = helpers.make_training(settings, cpu, steps_per_epoch=4)
+    loader = helpers.DeviceLoader(train, 128, shuffle=True, generator=torch.Generator().manual_seed(0),
+                                  channels_last=True)  # 512 images: four batches of one shape
+    loss = helpers.train_one_epoch(model, loader, loss_fn, optimizer, cpu)
+    assert 0 < loss < 5
+    helpers.save_checkpoint(tmp_path / "compiled.pt", model, settings=settings)
+    eager, _ = helpers.load_checkpoint(tmp_path / "compiled.pt")  # same keys: no '_orig_mod.' prefix
+    images, _ = next(iter(helpers.DeviceLoader(valid, 256, channels_last=True)))
+    model.eval(), eager.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(images), eager(images), atol=1e-4)

@@ -11,6 +11,7 @@ import helpers
 REFERENCES = sorted(helpers.REFERENCE.glob("*.pt"))
 ORIGINAL_NOTEBOOK_LAST = 0.923  # the original notebook's last checkpoint, after 42 epochs (COURSE.md)
 FIXED_LENGTH = ("original-fast.pt", "improved.pt")  # one-cycle recipes: the reference is the last epoch
+TARGETS = {"original-fast.pt": 0.930, "improved.pt": 0.945}  # issue 4: final-epoch test accuracy, no TTA
 
 
 def test_every_network_has_its_references():
@@ -47,5 +48,15 @@ def test_fixed_length_references_are_the_last_epoch_of_their_recipe(name):
     """Their figures are final-epoch ones of the recipe as RECIPES holds it, not a best epoch."""
     payload = helpers.read_checkpoint(helpers.REFERENCE / name)
     recipe = name.removesuffix(".pt")
-    assert payload["settings"] == vars(helpers.course_settings(smoke=False, recipe=recipe))
+    assert helpers.Settings(**payload["settings"]) == helpers.course_settings(smoke=False, recipe=recipe)
     assert payload["epoch"] == payload["settings"]["epochs"]
+
+
+NOT_MET_YET = pytest.mark.xfail(strict=True, reason="issue 4 is open: 92.90% and 94.31% so far; "
+                                "strict, so this fails the day a reference meets its target and the mark is stale")
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=NOT_MET_YET) for name in TARGETS])
+def test_fast_recipes_meet_their_accuracy_targets(name, reports):
+    """Measured by the evaluate command above, on all 10,000 test images, without flip TTA."""
+    assert reports[str(helpers.REFERENCE / name)]["test_accuracy"] >= TARGETS[name]
