@@ -116,6 +116,7 @@ def test_a_compiled_network_trains_and_saves_checkpoints_an_uncompiled_one_loads
     helpers.save_checkpoint(tmp_path / "compiled.pt", model, settings=settings)
     eager, _ = helpers.load_checkpoint(tmp_path / "compiled.pt")  # same keys: no '_orig_mod.' prefix
     images, _ = next(iter(helpers.DeviceLoader(valid, 256, channels_last=True)))
-    model.eval(), eager.eval()
+    model.eval()
+    eager.eval()
     with torch.no_grad():
         assert torch.allclose(model(images), eager(images), atol=1e-4)
