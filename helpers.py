@@ -77,7 +77,6 @@ class Settings:
     optimizer: str = "adam"         # "adam" (L2 weight decay, as the original) or "adamw" (decoupled)
     schedule: str = "plateau"       # "plateau" (ReduceLROnPlateau) or "onecycle" (up, then down, per step)
     augment: bool = False           # random 2-pixel shifts and mirror images (fast path only)
-    erase: float = 0.0              # random erasing: chance that a random rectangle of an image is blanked (fast path)
     label_smoothing: float = 0.0    # CrossEntropyLoss(label_smoothing=...): softer targets
     compile: bool = False           # torch.compile the network (with CUDA graphs on a GPU); see compile_model
 
@@ -97,10 +96,8 @@ class Settings:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}: choose {' or '.join(allowed)}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in 0..1, got {self.label_smoothing!r}")
-        if not 0 <= self.erase <= 1:
-            raise ValueError(f"erase must be a probability in 0..1, got {self.erase!r}")
-        if (self.augment or self.erase) and not self.fast:
-            raise ValueError("augment and erase need the fast path (fast=True): augmentation runs on the device")
+        if self.augment and not self.fast:
+            raise ValueError("augment=True needs the fast path (fast=True): augmentation runs on the device")
 
 
 # The three recipes of the course: stages 5-6 teach the original; stage 10 climbs to the others.
@@ -329,48 +326,18 @@ def shift_and_flip(images: torch.Tensor, shifts: torch.Tensor, flips: torch.Tens
                   rows[:, :, None], cols[:, None, :]].unsqueeze(1)
 
 
-def random_boxes(n: int, chance: float, generator: torch.Generator | None = None, size: int = 28,
-                 area: tuple[float, float] = (0.02, 0.33), aspect: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
-    """Rectangles [n, 4] (top, left, height, width) to blank, as in torchvision's RandomErasing.
-
-    Each image gets one with probability `chance` (the others get height 0): a random share of the
-    image's area, a random aspect ratio (drawn on a log scale), at a random place where it fits.
-    """
-    u = torch.rand(n, 5, generator=generator)
-    pixels = size * size * (area[0] + (area[1] - area[0]) * u[:, 0])
-    ratio = torch.exp(math.log(aspect[0]) + (math.log(aspect[1]) - math.log(aspect[0])) * u[:, 1])
-    height = (pixels * ratio).sqrt().round().clamp(1, size).long()
-    width = (pixels / ratio).sqrt().round().clamp(1, size).long()
-    top = (u[:, 2] * (size - height + 1)).long()
-    left = (u[:, 3] * (size - width + 1)).long()
-    height = torch.where(u[:, 4] < chance, height, 0)
-    return torch.stack([top, left, height, width], dim=1)
-
-
-def erase_boxes(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Images [B, 1, H, W] with each one's box (top, left, height, width) set to 0, the background."""
-    top, left, height, width = (boxes[:, i, None] for i in range(4))  # each [B, 1]
-    rows = torch.arange(images.shape[2], device=images.device)
-    cols = torch.arange(images.shape[3], device=images.device)
-    in_rows = (rows >= top) & (rows < top + height)                       # [B, H]
-    in_cols = (cols >= left) & (cols < left + width)                      # [B, W]
-    return images.masked_fill((in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1), 0)
-
-
 class DeviceLoader:
     """Batches [B, 1, 28, 28] in 0-1 cut from uint8 tensors kept on `device`, like a DataLoader.
 
-    augment=True shifts every image by up to 2 pixels and mirrors half of them, drawn per image;
-    erase=p blanks a random rectangle of each image with probability p (random erasing).
+    augment=True shifts every image by up to 2 pixels and mirrors half of them, drawn per image.
     channels_last stores batches in the memory layout that convolutions run fastest in.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool = False,
                  generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-                 augment: bool = False, channels_last: bool = False, erase: float = 0.0) -> None:
+                 augment: bool = False, channels_last: bool = False) -> None:
         self.dataset, self.batch_size, self.shuffle, self.generator = dataset, batch_size, shuffle, generator
         self.device, self.augment, self.channels_last = torch.device(device), augment, channels_last
-        self.erase = erase
         images, labels = dataset_tensors(dataset)
         self.images, self.labels = images.to(self.device), labels.to(self.device)
 
@@ -385,15 +352,11 @@ class DeviceLoader:
         if self.augment:
             shifts = torch.randint(0, 5, (n, 2), generator=self.generator).to(self.device, non_blocking=True)
             flips = (torch.rand(n, generator=self.generator) < 0.5).to(self.device, non_blocking=True)
-        if self.erase:
-            boxes = random_boxes(n, self.erase, self.generator).to(self.device, non_blocking=True)
         for start in range(0, n, self.batch_size):
             index = order[start:start + self.batch_size]
             images = self.images[index].unsqueeze(1).float().div_(255)  # what ToTensor does, per batch
             if self.augment:
                 images = shift_and_flip(images, shifts[start:start + len(index)], flips[start:start + len(index)])
-            if self.erase:
-                images = erase_boxes(images, boxes[start:start + len(index)])
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             yield images, self.labels[index]
@@ -786,7 +749,7 @@ def make_train_loader(settings: Settings, train_set: Dataset, generator: torch.G
     """Shuffled training batches of the run's size: a DataLoader, or the fast path (augmented if asked)."""
     if settings.fast:
         return DeviceLoader(train_set, settings.batch_size, shuffle=True, generator=generator,
-                            device=device, augment=settings.augment, erase=settings.erase, channels_last=True)
+                            device=device, augment=settings.augment, channels_last=True)
     return make_loader(train_set, settings.batch_size, shuffle=True, generator=generator, device=device)
 
 

@@ -58,37 +58,6 @@ def test_augmented_batches_differ_but_keep_their_labels(small_sets):
     assert per_image_aug.sum() > 0.9 * per_image_plain.sum()
 
 
-def test_erase_boxes_blank_exactly_their_rectangle():
-    images = torch.ones(3, 1, 28, 28)
-    boxes = torch.tensor([[2, 3, 4, 5], [0, 0, 0, 10], [20, 20, 8, 8]])  # the second: height 0, not erased
-    out = helpers.erase_boxes(images, boxes)
-    assert out[0, 0, 2:6, 3:8].sum() == 0 and out[0].sum() == 28 * 28 - 4 * 5
-    assert torch.equal(out[1], images[1])
-    assert out[2, 0, 20:, 20:].sum() == 0 and out[2].sum() == 28 * 28 - 8 * 8
-
-
-def test_random_boxes_fit_the_image_and_come_with_the_asked_chance():
-    boxes = helpers.random_boxes(20_000, 0.5, torch.Generator().manual_seed(0))
-    top, left, height, width = boxes.T
-    erased = height > 0
-    assert 0.48 < erased.float().mean() < 0.52
-    assert (top >= 0).all() and (left >= 0).all() and (top + height <= 28).all() and (left + width <= 28).all()
-    area = (height * width)[erased] / (28 * 28)
-    assert 0.01 < area.min() and area.max() < 0.4 and 0.1 < area.mean() < 0.25
-    assert (helpers.random_boxes(100, 0.0)[:, 2] == 0).all()
-
-
-def test_random_erasing_blanks_some_images_and_keeps_the_others(small_sets):
-    train, _, _ = small_sets
-    plain = helpers.DeviceLoader(train, 512, shuffle=True, generator=torch.Generator().manual_seed(0))
-    erased = helpers.DeviceLoader(train, 512, shuffle=True, generator=torch.Generator().manual_seed(0), erase=0.5)
-    (x_plain, y_plain), (x_erased, y_erased) = next(iter(plain)), next(iter(erased))
-    assert torch.equal(y_plain, y_erased)
-    changed = (x_plain != x_erased).flatten(1).any(dim=1)
-    assert 0.3 < changed.float().mean() < 0.6  # half get a box; a box on the background changes nothing
-    assert ((x_erased == x_plain) | (x_erased == 0)).all()  # pixels are only set to the background
-
-
 def test_fit_trains_on_the_fast_path(small_sets, small_settings, cpu, tmp_path):
     train, valid, _ = small_sets
     generator = helpers.seed_everything(0)
