@@ -7,6 +7,7 @@
     python course_tools.py loadcheck # memory while evaluating and predicting thousands of times
     python course_tools.py images    # draw the sprite, the architecture diagram and the sample photo in images/
     python course_tools.py reference CHECKPOINT MINUTES "COMMAND" [NAME]  # ship reference/NAME.pt
+    python course_tools.py trial RECIPE [KEY=VALUE ...] [--smoke] [--out DIR]  # a recipe variant, judged on validation only
 
 The course repository's address lives here, in REPO_URL, and nowhere else: `sync` stamps it into
 the Colab badge and the setup cell of every notebook.
@@ -262,6 +263,45 @@ def make_reference(checkpoint: Path, command: str, minutes: float, name: str | N
     return path
 
 
+def parse_overrides(pairs: list[str]) -> dict:
+    """Settings changes written KEY=VALUE: values read as JSON (25, 0.1, true), otherwise as text (adamw)."""
+    import dataclasses
+    import helpers
+    known = [f.name for f in dataclasses.fields(helpers.Settings)]
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in known:
+            raise ValueError(f"{pair!r} is not KEY=VALUE with KEY one of the settings: {', '.join(known)}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+def trial(recipe: str, overrides: dict, smoke: bool | None = None, out: Path | None = None) -> dict:
+    """Train a recipe with some settings changed; report validation figures only.
+
+    This is how the course's recipes were chosen: the test set is never evaluated here, so a
+    choice made from these figures cannot overfit it. The run's TensorBoard log goes to
+    runs/trial-..., its best and last checkpoints to checkpoints/trial-... (resumable with
+    `python helpers.py train --resume`; shippable with `reference` once RECIPES adopts it);
+    out=DIR puts both under DIR instead.
+    """
+    import helpers
+    settings = helpers.course_settings(smoke=smoke, recipe=recipe, **overrides)
+    name = "-".join(["trial", recipe, *(f"{key}{value}" for key, value in overrides.items())])
+    best_path, last_path = helpers.checkpoint_paths(settings, out or helpers.CHECKPOINTS, name)  # smoke: -smoke
+    train_set, valid_set, _ = helpers.load_datasets(settings)
+    _, history, minutes = helpers.train_run(settings, train_set, valid_set, helpers.pick_device(),
+                                            run_dir=(out / "runs" if out else helpers.RUNS_ROOT) / best_path.stem,
+                                            best_path=best_path, last_path=last_path)
+    return {"recipe": recipe, "overrides": overrides, "epochs": history.epochs,
+            "valid_accuracy_last": history.valid_accuracy[-1], "valid_accuracy_best": max(history.valid_accuracy),
+            "minutes": round(minutes, 1), "last_checkpoint": str(last_path), "machine": helpers.machine()}
+
+
 def load_check(calls: int = 5000, evaluations: int = 5) -> dict:
     """Evaluate the full test set and predict single images thousands of times; report memory."""
     import resource
@@ -400,6 +440,10 @@ def main(argv: list[str]) -> int:
               f"{result['fast_path_images_per_s']:,} images/s: {result['ratio']}x on {result['machine']}"
               + (f"; compiled fast path {result['fast_path_compiled_images_per_s']:,} images/s: "
                  f"{result['compiled_ratio']}x" if "compiled_ratio" in result else ""))
+    elif command == "trial":  # trial RECIPE [KEY=VALUE ...] [--smoke] [--out DIR]
+        out = Path(names[names.index("--out") + 1]) if "--out" in names else None
+        pairs = [n for n in names[1:] if n not in ("--smoke", "--out", str(out))]
+        print(json.dumps(trial(names[0], parse_overrides(pairs), smoke=True if "--smoke" in names else None, out=out)))
     elif command == "loadcheck":  # memory of 5 full test evaluations and 5,000 single predictions
         print(json.dumps(load_check()))
     elif command == "images":

@@ -1,5 +1,7 @@
 """Stage 10's recipes: the improved network, one-cycle, augmentation, label smoothing, flip TTA."""
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -102,3 +104,23 @@ def test_flip_tta_averages_each_image_with_its_mirror(small_sets, cpu):
     assert accuracy == pytest.approx((logits.argmax(1) == labels).float().mean().item())
     assert loss == pytest.approx(loss_fn(logits, labels).item(), rel=1e-5)
     assert helpers.evaluate(model, loader, loss_fn, cpu)[0] != pytest.approx(loss, rel=1e-6)
+
+
+
+def test_a_trial_reports_validation_figures_only_and_refuses_unknown_settings(data_root, tmp_path, capsys):
+    """`course_tools.py trial` is how recipes are chosen: it trains a variant and never touches the test set."""
+    import course_tools
+    assert course_tools.parse_overrides(["epochs=1", "lr=0.002", "optimizer=adamw", "augment=true"]) == \
+        {"epochs": 1, "lr": 0.002, "optimizer": "adamw", "augment": True}
+    with pytest.raises(ValueError, match="not KEY=VALUE with KEY one of the settings: model, epochs"):
+        course_tools.parse_overrides(["epoch=1"])
+    command = ["trial", "original-fast", "epochs=2", "lr=0.002", "train_size=2000", "--smoke", "--out", str(tmp_path)]
+    assert course_tools.main(command) == 0
+    report = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert report["overrides"] == {"epochs": 2, "lr": 0.002, "train_size": 2000} and report["epochs"] == 2
+    assert 0.3 < report["valid_accuracy_last"] <= 1 and not any("test" in key for key in report)
+    last = Path(report["last_checkpoint"])
+    assert last == tmp_path / "trial-original-fast-epochs2-lr0.002-train_size2000-smoke-last.pt"
+    settings = helpers.read_checkpoint(last)["settings"]
+    assert settings["lr"] == 0.002 and settings["fast"] and settings["train_size"] == 2000
+    assert (tmp_path / "runs" / "trial-original-fast-epochs2-lr0.002-train_size2000-smoke").is_dir()
