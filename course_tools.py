@@ -440,7 +440,7 @@ def main(argv: list[str]) -> int:
               f"{result['fast_path_images_per_s']:,} images/s: {result['ratio']}x on {result['machine']}"
               + (f"; compiled fast path {result['fast_path_compiled_images_per_s']:,} images/s: "
                  f"{result['compiled_ratio']}x" if "compiled_ratio" in result else ""))
-    elif command == "trial":  # trial RECIPE [KEY=VALUE ...] [--smoke] [--out DIR]
+    elif command == "trial" and names:  # trial RECIPE [KEY=VALUE ...] [--smoke] [--out DIR]
         out = Path(names[names.index("--out") + 1]) if "--out" in names else None
         pairs = [n for n in names[1:] if n not in ("--smoke", "--out", str(out))]
         print(json.dumps(trial(names[0], parse_overrides(pairs), smoke=True if "--smoke" in names else None, out=out)))
