@@ -14,6 +14,7 @@ the Colab badge and the setup cell of every notebook.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -440,10 +441,14 @@ def main(argv: list[str]) -> int:
               f"{result['fast_path_images_per_s']:,} images/s: {result['ratio']}x on {result['machine']}"
               + (f"; compiled fast path {result['fast_path_compiled_images_per_s']:,} images/s: "
                  f"{result['compiled_ratio']}x" if "compiled_ratio" in result else ""))
-    elif command == "trial" and names:  # trial RECIPE [KEY=VALUE ...] [--smoke] [--out DIR]
-        out = Path(names[names.index("--out") + 1]) if "--out" in names else None
-        pairs = [n for n in names[1:] if n not in ("--smoke", "--out", str(out))]
-        print(json.dumps(trial(names[0], parse_overrides(pairs), smoke=True if "--smoke" in names else None, out=out)))
+    elif command == "trial" and names:
+        parser = argparse.ArgumentParser(prog="course_tools.py trial")
+        parser.add_argument("recipe")
+        parser.add_argument("changes", nargs="*", metavar="KEY=VALUE")
+        parser.add_argument("--smoke", action="store_true", help="a few thousand images, 2 epochs")
+        parser.add_argument("--out", type=Path, help="checkpoints and runs under this folder")
+        args = parser.parse_args(names)
+        print(json.dumps(trial(args.recipe, parse_overrides(args.changes), smoke=args.smoke or None, out=args.out)))
     elif command == "loadcheck":  # memory of 5 full test evaluations and 5,000 single predictions
         print(json.dumps(load_check()))
     elif command == "images":
