@@ -291,6 +291,9 @@ def trial(recipe: str, overrides: dict, smoke: bool | None = None, out: Path | N
     out=DIR puts both under DIR instead.
     """
     import helpers
+    if overrides.get("final_fit"):
+        raise ValueError("a trial is judged on the validation images, and a final fit trains on them: "
+                         "choose the recipe with trials, then train it with python helpers.py train --final-fit")
     settings = helpers.course_settings(smoke=smoke, recipe=recipe, **overrides)
     name = "-".join(["trial", recipe, *(f"{key}{value}" for key, value in overrides.items())])
     best_path, last_path = helpers.checkpoint_paths(settings, out or helpers.CHECKPOINTS, name)  # smoke: -smoke

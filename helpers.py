@@ -79,6 +79,8 @@ class Settings:
     augment: bool = False           # random 2-pixel shifts and mirror images (fast path only)
     label_smoothing: float = 0.0    # CrossEntropyLoss(label_smoothing=...): softer targets
     compile: bool = False           # torch.compile the network (with CUDA graphs on a GPU); see compile_model
+    final_fit: bool = False         # train on all 60,000 images (train + validation): the last step, once
+                                    # validation has chosen the recipe; its "valid" figures are then not held out
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "lr_patience", "stop_patience"):
@@ -96,6 +98,9 @@ class Settings:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}: choose {' or '.join(allowed)}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in 0..1, got {self.label_smoothing!r}")
+        if self.final_fit and self.schedule != "onecycle":
+            raise ValueError("final_fit needs a fixed-length schedule (onecycle): the plateau schedule and early "
+                             "stopping watch the validation loss, and a final fit has no held-out validation")
         if self.augment and not self.fast:
             raise ValueError("augment=True needs the fast path (fast=True): augmentation runs on the device")
 
@@ -284,6 +289,8 @@ def load_datasets(settings: Settings | None = None, root: Path | str = DATA_ROOT
     full_train = datasets.FashionMNIST(root, train=True, download=False, transform=transform)
     test = datasets.FashionMNIST(root, train=False, download=False, transform=transform)
     train, valid = split_train_valid(full_train)
+    if settings.final_fit:  # the recipe is chosen: learn from the validation images too
+        train = Subset(full_train, [*train.indices, *valid.indices])
     return (first(train, settings.train_size), first(valid, settings.valid_size),
             first(test, settings.test_size))
 
@@ -801,6 +808,9 @@ def train_run(settings: Settings, train_set: Dataset, valid_set: Dataset, device
     log(f"training {settings.model} ({count_parameters(model):,} parameters) on {device}: "
         f"{len(train_set):,} train / {len(valid_set):,} valid images, batch {settings.batch_size}, "
         f"up to {settings.epochs} epochs; TensorBoard run {os.path.relpath(run_dir)}")
+    if settings.final_fit:
+        log("final fit: the validation images are in the training set, so the validation figures "
+            "below are not an estimate of test accuracy")
     start = time.perf_counter()
     with SummaryWriter(run_dir) as writer:
         history = fit(model, train_loader, valid_loader, optimizer=optimizer, device=device, epochs=settings.epochs,
@@ -1090,7 +1100,7 @@ def checkpoint_paths(settings: Settings, folder: Path | str = CHECKPOINTS,
     their own names, so a CI run never overwrites a real run's checkpoints.
     """
     name = name or settings.model + ("-fast" if settings.fast and settings.model == "original" else "")
-    stem = name + ("-smoke" if settings.train_size else "")
+    stem = name + ("-final" if settings.final_fit else "") + ("-smoke" if settings.train_size else "")
     return Path(folder) / f"{stem}.pt", Path(folder) / f"{stem}-last.pt"
 
 
@@ -1145,13 +1155,14 @@ def positive_int(text: str) -> int:
 def run_name(settings: Settings) -> str:
     """A readable TensorBoard run name: network, settings and start time."""
     return (f"{settings.model}-b{settings.batch_size}-lr{settings.lr:g}{'-fast' if settings.fast else ''}"
-            f"{'-smoke' if settings.train_size else ''}-{time.strftime('%Y%m%d-%H%M%S')}")
+            f"{'-final' if settings.final_fit else ''}{'-smoke' if settings.train_size else ''}"
+            f"-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def train_command(args: argparse.Namespace) -> None:
     """Train one network end to end, save best and last checkpoints, print test accuracy."""
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
-                                   ("compile", args.compile)) if v}
+                                   ("compile", args.compile), ("final_fit", args.final_fit)) if v}
     resumed = None
     if args.resume:  # the run's own settings; only --epochs (to train longer) and --compile may change
         saved = read_checkpoint(args.resume)
@@ -1181,6 +1192,10 @@ def train_command(args: argparse.Namespace) -> None:
     test_loader = make_eval_loader(settings, test_set, device)
     loss_fn = nn.CrossEntropyLoss()  # test loss without label smoothing, comparable across recipes
     last_loss, last_acc = evaluate(model, test_loader, loss_fn, device)
+    if settings.final_fit:  # no held-out validation, so no "best epoch": the result is the last one
+        print(f"trained {history.epochs} epochs on all {len(train_set):,} training images in {minutes:.1f} min")
+        print(f"test accuracy on {len(test_set):,} images: {last_acc:.2%} (loss {last_loss:.4f}) -> {last_path}")
+        return
     best_model, _ = load_checkpoint(best_path, device)
     best_loss, best_acc = evaluate(best_model, test_loader, loss_fn, device)
     print(f"trained {history.epochs} epochs in {minutes:.1f} min"
@@ -1225,6 +1240,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--compile", action="store_true", help="torch.compile the network, with CUDA graphs on "
                        "a GPU (the first batches pay for compiling; slower than plain PyTorch on a CPU)")
     train.add_argument("--smoke", action="store_true", help="a few thousand images, 2 epochs (as FMNIST_SMOKE=1)")
+    train.add_argument("--final-fit", action="store_true", help="train on all 60,000 images, the validation "
+                       "ones too: the last step once a recipe is chosen (how the reference checkpoints are made)")
     train.add_argument("--resume", metavar="LAST_CHECKPOINT",
                        help="carry on an interrupted run from its last checkpoint (NAME-last.pt)")
     train.add_argument("--runs", default=str(RUNS_ROOT), help="TensorBoard runs folder (default: runs/)")

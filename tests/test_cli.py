@@ -34,6 +34,19 @@ def test_train_smoke_reports_test_accuracy_and_saves_both_checkpoints(smoke_chec
     assert list((out.parent / "runs").glob("original-b16-*-smoke-*/events.out.tfevents.*"))
 
 
+def test_a_final_fit_reports_its_last_epoch_only(tmp_path, data_root):
+    out = tmp_path / "final.pt"
+    result = run_cli("train", "--fast", "--final-fit", "--epochs", "1", "--smoke", "--out", str(out),
+                     "--runs", str(tmp_path / "runs"), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "final fit: the validation images are in the training set" in result.stdout
+    last_line = result.stdout.strip().splitlines()[-1]
+    assert last_line.startswith("test accuracy on 1,000 images: ") and "best" not in last_line
+    assert last_line.endswith(str(tmp_path / "final-last.pt"))
+    assert helpers.read_checkpoint(tmp_path / "final-last.pt")["settings"]["final_fit"]
+    assert list((tmp_path / "runs").glob("original-b128-*-fast-final-smoke-*"))
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "--epochs", "0"], "argument --epochs: must be at least 1"),
     (["train", "--batch-size", "sixteen"], "argument --batch-size: 'sixteen' is not a whole number"),

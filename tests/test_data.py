@@ -44,6 +44,14 @@ def test_split_is_the_same_for_everyone(data_root):
     assert first_train.indices[:5] != list(range(5))  # shuffled, not the first images
 
 
+def test_a_final_fit_trains_on_the_validation_images_too(data_root):
+    train, valid, _ = helpers.load_datasets(helpers.course_settings(smoke=False), root=data_root)
+    final, final_valid, _ = helpers.load_datasets(helpers.course_settings(smoke=False, recipe="improved",
+                                                                          final_fit=True), root=data_root)
+    assert len(final) == 60_000 and sorted(final.indices) == list(range(60_000))
+    assert final.indices[:50_000] == train.indices and final_valid.indices == valid.indices
+
+
 def test_smoke_subsets_are_small_and_drawn_from_the_same_split(data_root):
     full_train, _, _ = helpers.load_datasets(helpers.course_settings(smoke=False), root=data_root)
     train, valid, test = helpers.load_datasets(helpers.course_settings(smoke=True), root=data_root)

@@ -37,6 +37,8 @@ def test_recipes_name_their_checkpoints_apart(tmp_path):
     names = {recipe: helpers.checkpoint_paths(helpers.course_settings(smoke=False, recipe=recipe), tmp_path)[0].name
              for recipe in helpers.RECIPES}
     assert names == {"original": "original.pt", "original-fast": "original-fast.pt", "improved": "improved.pt"}
+    final = helpers.course_settings(smoke=False, recipe="improved", final_fit=True)
+    assert helpers.checkpoint_paths(final, tmp_path)[1].name == "improved-final-last.pt"
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -44,6 +46,7 @@ def test_recipes_name_their_checkpoints_apart(tmp_path):
     ({"schedule": "cosine"}, "unknown schedule 'cosine'"),
     ({"label_smoothing": 1.0}, "label_smoothing must be in 0..1"),
     ({"augment": True, "fast": False}, "augment=True needs the fast path"),
+    ({"final_fit": True}, "final_fit needs a fixed-length schedule"),
 ])
 def test_bad_recipe_settings_are_refused_with_the_way_out(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -114,6 +117,8 @@ def test_a_trial_reports_validation_figures_only_and_refuses_unknown_settings(da
         {"epochs": 1, "lr": 0.002, "optimizer": "adamw", "augment": True}
     with pytest.raises(ValueError, match="not KEY=VALUE with KEY one of the settings: model, epochs"):
         course_tools.parse_overrides(["epoch=1"])
+    with pytest.raises(ValueError, match="a final fit trains on them"):
+        course_tools.trial("improved", {"final_fit": True}, smoke=True, out=tmp_path)
     command = ["trial", "original-fast", "epochs=2", "lr=0.002", "train_size=2000", "--smoke", "--out", str(tmp_path)]
     assert course_tools.main(command) == 0
     report = json.loads(capsys.readouterr().out.splitlines()[-1])
