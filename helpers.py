@@ -1185,6 +1185,8 @@ def train_command(args: argparse.Namespace) -> None:
         last_path = Path(args.resume)
         best_path = Path(resumed["best_path"]) if resumed["best_path"] else best_path
         run_dir = Path(resumed["run_dir"]) if resumed["run_dir"] else run_dir
+    if settings.final_fit:  # no held-out validation to choose a best epoch by: keep the last one only
+        best_path = None
     model, history, minutes = train_run(settings, train_set, valid_set, device, run_dir=run_dir,
                                         best_path=best_path, last_path=last_path, resume=args.resume)
     if history.interrupted:

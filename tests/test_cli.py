@@ -44,6 +44,7 @@ def test_a_final_fit_reports_its_last_epoch_only(tmp_path, data_root):
     assert last_line.startswith("test accuracy on 1,000 images: ") and "best" not in last_line
     assert last_line.endswith(str(tmp_path / "final-last.pt"))
     assert helpers.read_checkpoint(tmp_path / "final-last.pt")["settings"]["final_fit"]
+    assert not out.exists()  # no "best" epoch without held-out validation
     assert list((tmp_path / "runs").glob("original-b128-*-fast-final-smoke-*"))
 
 
