@@ -1092,6 +1092,11 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu",
     return model, meta
 
 
+def variant_suffix(settings: Settings) -> str:
+    """'-final' for a final fit, '-smoke' for a smoke run: kept apart from a real run's files."""
+    return ("-final" if settings.final_fit else "") + ("-smoke" if settings.train_size else "")
+
+
 def checkpoint_paths(settings: Settings, folder: Path | str = CHECKPOINTS,
                      name: str | None = None) -> tuple[Path, Path]:
     """Where a run keeps its best and last checkpoints: checkpoints/original.pt, original-last.pt.
@@ -1100,7 +1105,7 @@ def checkpoint_paths(settings: Settings, folder: Path | str = CHECKPOINTS,
     their own names, so a CI run never overwrites a real run's checkpoints.
     """
     name = name or settings.model + ("-fast" if settings.fast and settings.model == "original" else "")
-    stem = name + ("-final" if settings.final_fit else "") + ("-smoke" if settings.train_size else "")
+    stem = name + variant_suffix(settings)
     return Path(folder) / f"{stem}.pt", Path(folder) / f"{stem}-last.pt"
 
 
@@ -1155,8 +1160,7 @@ def positive_int(text: str) -> int:
 def run_name(settings: Settings) -> str:
     """A readable TensorBoard run name: network, settings and start time."""
     return (f"{settings.model}-b{settings.batch_size}-lr{settings.lr:g}{'-fast' if settings.fast else ''}"
-            f"{'-final' if settings.final_fit else ''}{'-smoke' if settings.train_size else ''}"
-            f"-{time.strftime('%Y%m%d-%H%M%S')}")
+            f"{variant_suffix(settings)}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def train_command(args: argparse.Namespace) -> None:
@@ -1194,16 +1198,17 @@ def train_command(args: argparse.Namespace) -> None:
     test_loader = make_eval_loader(settings, test_set, device)
     loss_fn = nn.CrossEntropyLoss()  # test loss without label smoothing, comparable across recipes
     last_loss, last_acc = evaluate(model, test_loader, loss_fn, device)
-    if settings.final_fit:  # no held-out validation, so no "best epoch": the result is the last one
-        print(f"trained {history.epochs} epochs on all {len(train_set):,} training images in {minutes:.1f} min")
-        print(f"test accuracy on {len(test_set):,} images: {last_acc:.2%} (loss {last_loss:.4f}) -> {last_path}")
+    on_all = f" on all {len(train_set):,} training images" if settings.final_fit else ""
+    print(f"trained {history.epochs} epochs{on_all} in {minutes:.1f} min"
+          f"{' (early stop)' if history.stopped_early else ''}")
+    last = f"{last_acc:.2%} (loss {last_loss:.4f}) -> {last_path}"
+    if best_path is None:  # a final fit: no held-out validation, so no best epoch; the result is the last one
+        print(f"test accuracy on {len(test_set):,} images: {last}")
         return
     best_model, _ = load_checkpoint(best_path, device)
     best_loss, best_acc = evaluate(best_model, test_loader, loss_fn, device)
-    print(f"trained {history.epochs} epochs in {minutes:.1f} min"
-          f"{' (early stop)' if history.stopped_early else ''}")
-    print(f"test accuracy on {len(test_set):,} images: last {last_acc:.2%} (loss {last_loss:.4f}) -> "
-          f"{last_path}; best {best_acc:.2%} (loss {best_loss:.4f}, epoch {history.best_epoch}) -> {best_path}")
+    print(f"test accuracy on {len(test_set):,} images: last {last}; "
+          f"best {best_acc:.2%} (loss {best_loss:.4f}, epoch {history.best_epoch}) -> {best_path}")
 
 
 def evaluate_command(args: argparse.Namespace) -> None:
