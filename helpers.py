@@ -952,7 +952,7 @@ def predict_all(model: nn.Module, loader: DataLoader, device: torch.device) -> t
     labels, predictions = [], []
     for images, batch_labels in loader:
         predictions.append(model(images.to(device)).argmax(dim=1).cpu())
-        labels.append(batch_labels)
+        labels.append(batch_labels.cpu())  # the fast path's labels live on the device
     return torch.cat(labels), torch.cat(predictions)
 
 
