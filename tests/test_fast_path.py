@@ -120,3 +120,26 @@ def test_a_compiled_network_trains_and_saves_checkpoints_an_uncompiled_one_loads
     eager.eval()
     with torch.no_grad():
         assert torch.allclose(model(images), eager(images), atol=1e-4)
+
+
+def test_fp16_with_a_gradient_scaler_trains(small_sets, cpu):
+    # the T4's path (helpers.mixed_precision gives fp16 below compute capability 8); CPU autocast
+    # runs fp16 too, slowly, so a few batches of the small network show the scaler steps the weights
+    train, _, _ = small_sets
+    torch.manual_seed(0)
+    model = helpers.build_model("original")
+    before = [p.detach().clone() for p in model.parameters()]
+    loader = helpers.DeviceLoader(helpers.first(train, 128), 64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss = helpers.train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, cpu, precision=torch.float16)
+    assert 0 < loss < 5
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_sprint_short_run_reports_a_few_epochs_at_a_forced_precision(small_sets, cpu):
+    import course_tools
+    settings = helpers.course_settings(smoke=True, recipe="improved", batch_size=128,
+                                       train_size=512, valid_size=256, test_size=256)
+    result = course_tools.short_run(settings, None, small_sets, cpu, epochs=1)
+    assert result["label"] == "improved, 1 of 2 epochs, None"
+    assert 0 < result["train_loss"] < 5 and 0 <= result["test_accuracy"] <= 1 and result["seconds"] > 0
