@@ -411,10 +411,11 @@ def time_to_accuracy(settings, train_set, valid_set, test_set, device, target: f
     batch = (torch.rand(settings.batch_size, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last),
              torch.randint(0, 10, (settings.batch_size,), device=device))  # leaves the seeded generator alone
     helpers.train_one_epoch(warm_up, [batch], loss_fn, torch.optim.SGD(warm_up.parameters(), lr=0.0), device, precision)
+    scaler = helpers.make_scaler(device, precision)  # one per run, as fit makes it
     start = time.perf_counter()
     accuracy = 0.0
     for epoch in range(1, settings.epochs + 1):
-        helpers.train_one_epoch(model, train_loader, loss_fn, optimizer, device, precision, scheduler)
+        helpers.train_one_epoch(model, train_loader, loss_fn, optimizer, device, precision, scheduler, scaler)
         _, accuracy = helpers.evaluate(model, test_loader, torch.nn.CrossEntropyLoss(), device)
         if accuracy >= target:
             break
@@ -431,9 +432,10 @@ def short_run(settings, precision, data, device, epochs: int = 2) -> dict:
     generator = helpers.seed_everything(settings.seed)
     train_loader, _, test_loader = helpers.make_run_loaders(settings, train_set, valid_set, test_set, generator, device)
     model, optimizer, scheduler, loss_fn = helpers.make_training(settings, device, len(train_loader))
+    scaler = helpers.make_scaler(device, precision)  # one per run, as fit makes it
     start = time.perf_counter()
     for _ in range(epochs):
-        loss = helpers.train_one_epoch(model, train_loader, loss_fn, optimizer, device, precision, scheduler)
+        loss = helpers.train_one_epoch(model, train_loader, loss_fn, optimizer, device, precision, scheduler, scaler)
     seconds = time.perf_counter() - start
     accuracy = helpers.evaluate(model, test_loader, torch.nn.CrossEntropyLoss(), device)[1]
     return {"label": f"{settings.model}, {epochs} of {settings.epochs} epochs, {precision}",

@@ -15,8 +15,10 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -506,17 +508,26 @@ def steps_per_batch(scheduler) -> bool:
     return isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
 
 
+def make_scaler(device: torch.device, precision: torch.dtype | None) -> torch.amp.GradScaler:
+    """The gradient scaler fp16 needs (so small gradients do not round to zero); a no-op otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module,
                     optimizer: torch.optim.Optimizer, device: torch.device,
-                    precision: torch.dtype | None = None, scheduler=None) -> float:
+                    precision: torch.dtype | None = None, scheduler=None,
+                    scaler: torch.amp.GradScaler | None = None) -> float:
     """One pass over the training data; returns the mean training loss per image.
 
     precision=torch.float16 or torch.bfloat16 runs the forward pass in mixed precision (GPU);
     fp16 gradients are scaled so that small ones do not round to zero.
     scheduler: a per-batch schedule (one-cycle), stepped after every update.
+    scaler: the run's gradient scaler (fit makes one per run, so the scale it settles on carries
+    over between epochs); None makes a fresh one for this epoch.
     """
     model.train()
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)  # else a no-op
+    if scaler is None:
+        scaler = make_scaler(device, precision)
     total_loss = torch.zeros((), device=device)  # summed on the device: no GPU sync per step
     seen = 0
     for images, labels in loader:
@@ -529,10 +540,27 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module,
         scaler.step(optimizer)                  # 5. step: update the weights
         scaler.update()
         if scheduler is not None:
-            scheduler.step()
+            step_after_update(scheduler, scaler)
         total_loss += loss.detach().float() * len(labels)
         seen += len(labels)
     return total_loss.item() / seen
+
+
+# PyTorch warns when a schedule steps before its optimizer ever has: in fp16 that is expected
+SCHEDULE_FIRST_WARNING = re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+
+
+def step_after_update(scheduler, scaler: torch.amp.GradScaler) -> None:
+    """Step a per-batch schedule once per batch, whether or not the weights moved.
+
+    In fp16 the scaler skips the update of a batch whose scaled gradients overflowed (the first
+    few, while it finds its scale); the schedule still moves on, and PyTorch's warning that it
+    stepped first would only confuse, so it is silenced there and only there.
+    """
+    with warnings.catch_warnings():
+        if scaler.is_enabled():
+            warnings.filterwarnings("ignore", SCHEDULE_FIRST_WARNING)
+        scheduler.step()
 
 
 @torch.no_grad()
@@ -630,13 +658,14 @@ def set_rng_state(state: dict, loader: DataLoader) -> None:
 
 
 def training_state(optimizer, scheduler, early_stopping, history: History, train_loader,
-                   writer=None, best_path: Path | str | None = None) -> dict:
+                   writer=None, best_path: Path | str | None = None, scaler=None) -> dict:
     """What a last checkpoint holds besides the weights, to resume exactly where it stopped."""
     return {
         "run_dir": str(writer.log_dir) if hasattr(writer, "log_dir") else None,  # TensorBoard
         "best_path": str(best_path) if best_path is not None else None,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,  # fp16
         "early_stopping": vars(early_stopping).copy() if early_stopping is not None else None,
         "history": {k: v for k, v in vars(history).items()},
         "rng": rng_state(train_loader),
@@ -644,7 +673,7 @@ def training_state(optimizer, scheduler, early_stopping, history: History, train
 
 
 def restore_training(path: Path | str, model, optimizer, scheduler, early_stopping,
-                     train_loader, device) -> History:
+                     train_loader, device, scaler=None) -> History:
     """Load a last checkpoint's weights and training state into fresh objects; returns its History."""
     payload = read_checkpoint(path, device)
     state = payload.get("training_state")
@@ -659,6 +688,8 @@ def restore_training(path: Path | str, model, optimizer, scheduler, early_stoppi
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state["scheduler"] is not None:
             scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):  # older checkpoints have none: a fresh scale
+            scaler.load_state_dict(state["scaler"])
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: its optimizer or scheduler state does not fit this run ({e})") from None
     if early_stopping is not None and state["early_stopping"] is not None:
@@ -684,8 +715,9 @@ def fit(model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, *,
     Returns the History for plotting.
     """
     history = History()
+    scaler = make_scaler(device, precision)  # one per run: fp16's scale carries over between epochs
     if resume is not None:
-        history = restore_training(resume, model, optimizer, scheduler, early_stopping, train_loader, device)
+        history = restore_training(resume, model, optimizer, scheduler, early_stopping, train_loader, device, scaler)
         log(f"resumed from {resume} after epoch {history.epochs}")
         if history.stopped_early:
             log("          that run had already stopped early: nothing left to do")
@@ -696,7 +728,7 @@ def fit(model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, *,
             start = time.perf_counter()
             lr = current_lr(optimizer)
             train_loss = train_one_epoch(model, train_loader, loss_fn, optimizer, device, precision,
-                                         scheduler if steps_per_batch(scheduler) else None)
+                                         scheduler if steps_per_batch(scheduler) else None, scaler)
             valid_loss, valid_accuracy = evaluate(model, valid_loader, loss_fn, device)
         except KeyboardInterrupt:
             history.interrupted = True
@@ -734,7 +766,7 @@ def fit(model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, *,
             save_checkpoint(last_path, model, epoch=epoch, metrics=metrics, settings=settings,
                             extra={"training_state": training_state(
                                 optimizer, scheduler, early_stopping, history, train_loader,
-                                writer, best_path)})
+                                writer, best_path, scaler)})
         if stop:
             log(f"          early stop: no better validation loss for {early_stopping.patience} "
                 f"epochs (best {early_stopping.best_loss:.4f}); best accuracy at epoch {history.best_epoch}")

@@ -48,6 +48,36 @@ def test_ctrl_c_ends_the_run_cleanly_with_checkpoints_intact(small_sets, small_s
     helpers.load_checkpoint(tmp_path / "best.pt")
 
 
+def test_fp16_scale_carries_over_between_epochs_and_into_the_last_checkpoint(small_sets, tmp_path, monkeypatch):
+    # fit makes one gradient scaler per run: a fresh one each epoch would skip the first updates
+    # of every epoch again while it finds its scale, and a resumed run would not repeat the original
+    train_set, valid_set, _ = small_sets
+    settings = helpers.course_settings(smoke=True, recipe="improved", batch_size=64, epochs=2)
+    scalers = []
+    real_train_one_epoch = helpers.train_one_epoch
+
+    def spy(*args):
+        scalers.append(args[7])
+        return real_train_one_epoch(*args)
+
+    monkeypatch.setattr(helpers, "train_one_epoch", spy)
+    cpu = torch.device("cpu")
+    helpers.seed_everything(0)
+    model, optimizer, scheduler, loss_fn = helpers.make_training(settings, cpu, steps_per_epoch=2)
+    loader = helpers.DeviceLoader(helpers.first(train_set, 128), 64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    helpers.fit(model, loader, helpers.DeviceLoader(helpers.first(valid_set, 64), 64), loss_fn=loss_fn,
+                optimizer=optimizer, device=cpu, epochs=2, scheduler=scheduler, precision=torch.float16,
+                last_path=tmp_path / "last.pt", settings=settings, log=lambda line: None)
+    assert len(scalers) == 2 and scalers[0] is scalers[1] and scalers[0].is_enabled()
+    saved = helpers.read_checkpoint(tmp_path / "last.pt")["training_state"]["scaler"]
+    assert saved["scale"] == scalers[0].get_scale() < 2.0 ** 16
+
+    fresh = helpers.make_scaler(cpu, torch.float16)
+    model, optimizer, scheduler, _ = helpers.make_training(settings, cpu, steps_per_epoch=2)
+    helpers.restore_training(tmp_path / "last.pt", model, optimizer, scheduler, None, loader, cpu, fresh)
+    assert fresh.get_scale() == scalers[0].get_scale()
+
+
 def test_resume_needs_a_last_checkpoint(small_sets, small_settings, tmp_path):
     helpers.save_checkpoint(tmp_path / "weights.pt", helpers.build_model("original"))
     with pytest.raises(helpers.CheckpointError, match="no training state to resume from"):
