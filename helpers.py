@@ -557,9 +557,11 @@ def step_after_update(scheduler, scaler: torch.amp.GradScaler) -> None:
     few, while it finds its scale); the schedule still moves on, and PyTorch's warning that it
     stepped first would only confuse, so it is silenced there and only there.
     """
+    if not scaler.is_enabled():  # no fp16, no skipped updates: nothing to silence
+        scheduler.step()
+        return
     with warnings.catch_warnings():
-        if scaler.is_enabled():
-            warnings.filterwarnings("ignore", SCHEDULE_FIRST_WARNING)
+        warnings.filterwarnings("ignore", SCHEDULE_FIRST_WARNING)
         scheduler.step()
 
 
