@@ -394,6 +394,14 @@ def bench(images: int = 8192, rounds: int = 3, compiled: bool | None = None) -> 
     return report
 
 
+def seeded_run(settings, train_set, valid_set, test_set, device) -> tuple:
+    """A recipe's seeded start: train and test loaders, a fresh network, optimizer, scheduler, loss."""
+    import helpers
+    generator = helpers.seed_everything(settings.seed)
+    train_loader, _, test_loader = helpers.make_run_loaders(settings, train_set, valid_set, test_set, generator, device)
+    return (train_loader, test_loader, *helpers.make_training(settings, device, len(train_loader)))
+
+
 def time_to_accuracy(settings, train_set, valid_set, test_set, device, target: float = 0.93) -> dict:
     """Wall time of a recipe until its test accuracy, checked after every epoch, first reaches `target`.
 
@@ -403,9 +411,8 @@ def time_to_accuracy(settings, train_set, valid_set, test_set, device, target: f
     import time
     import torch
     import helpers
-    generator = helpers.seed_everything(settings.seed)
-    train_loader, _, test_loader = helpers.make_run_loaders(settings, train_set, valid_set, test_set, generator, device)
-    model, optimizer, scheduler, loss_fn = helpers.make_training(settings, device, len(train_loader))
+    train_loader, test_loader, model, optimizer, scheduler, loss_fn = seeded_run(settings, train_set, valid_set,
+                                                                                 test_set, device)
     precision = helpers.mixed_precision(device)
     warm_up = helpers.build_model(settings.model).to(device, memory_format=torch.channels_last)
     batch = (torch.rand(settings.batch_size, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last),
@@ -428,10 +435,7 @@ def short_run(settings, precision, data, device, epochs: int = 2) -> dict:
     import time
     import torch
     import helpers
-    train_set, valid_set, test_set = data
-    generator = helpers.seed_everything(settings.seed)
-    train_loader, _, test_loader = helpers.make_run_loaders(settings, train_set, valid_set, test_set, generator, device)
-    model, optimizer, scheduler, loss_fn = helpers.make_training(settings, device, len(train_loader))
+    train_loader, test_loader, model, optimizer, scheduler, loss_fn = seeded_run(settings, *data, device)
     scaler = helpers.make_scaler(device, precision)  # one per run, as fit makes it
     start = time.perf_counter()
     for _ in range(epochs):
