@@ -13,6 +13,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 import helpers  # noqa: E402
+from machinery import dataset  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +23,7 @@ def data_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def small_settings() -> helpers.Settings:
+def small_settings() -> helpers.Recipe:
     """A few hundred real images: enough to see learning, fast on two cores."""
     return helpers.course_settings(smoke=True, train_size=512, valid_size=256, test_size=256,
                                    batch_size=32)
@@ -42,9 +43,9 @@ def cpu() -> torch.device:
 def no_local_copy(monkeypatch, tmp_path):
     """No FMNIST_DATA, no Debian copy, and torchvision's mirror on a closed loopback port."""
     monkeypatch.delenv("FMNIST_DATA", raising=False)
-    monkeypatch.setattr(helpers, "DEBIAN_DATA_DIR", tmp_path / "no-debian-copy")
+    monkeypatch.setattr(dataset, "DEBIAN_DATA_DIR", tmp_path / "no-debian-copy")
     # Port 9 (discard) on loopback refuses connections: the real download code fails as offline.
-    monkeypatch.setattr(helpers.datasets.FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])
+    monkeypatch.setattr(dataset.datasets.FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])
 
 
 # After the whole run (unit tests and notebooks): nothing may be left behind outside the ignored

@@ -5,8 +5,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
+import torch.nn as nn
 
 import helpers
+from machinery import cli, recipes
 
 HELPERS = str(helpers.REPO_ROOT / "helpers.py")
 
@@ -45,13 +48,13 @@ def test_a_final_fit_reports_its_last_epoch_only(tmp_path, data_root):
     assert last_line.endswith(str(tmp_path / "final-last.pt"))
     assert helpers.read_checkpoint(tmp_path / "final-last.pt")["settings"]["final_fit"]
     assert not out.exists()  # no "best" epoch without held-out validation
-    assert list((tmp_path / "runs").glob("original-b128-*-fast-final-smoke-*"))
+    assert list((tmp_path / "runs").glob("original-fast-b128-*-final-smoke-*"))
 
 
 @pytest.mark.parametrize("args, message", [
     (["train", "--epochs", "0"], "argument --epochs: must be at least 1"),
     (["train", "--batch-size", "sixteen"], "argument --batch-size: 'sixteen' is not a whole number"),
-    (["train", "--model", "resnet50"], "argument --model: invalid choice: 'resnet50'"),
+    (["train", "--model", "resnet50"], "unknown network 'resnet50': choose one of original, improved"),
     (["train", "--smoke", "--device", "gpu"], "unknown device 'gpu'"),
     (["evaluate", "missing.pt"], "no checkpoint at missing.pt"),
     (["evaluate", "requirements.txt"], "requirements.txt is not a readable PyTorch checkpoint"),
@@ -60,7 +63,7 @@ def test_a_final_fit_reports_its_last_epoch_only(tmp_path, data_root):
 def test_bad_input_exits_with_one_clear_line(args, message, capsys):
     # in-process (the same main() that `python helpers.py` runs): no interpreter start per case
     try:
-        status = helpers.main(args)
+        status = cli.main(args)
     except SystemExit as exit_:  # argparse exits by itself
         status = exit_.code
     stderr = capsys.readouterr().err
@@ -84,3 +87,40 @@ def test_missing_data_exits_with_one_clear_line(tmp_path):
     assert result.returncode == 1
     assert "does not hold all four Fashion-MNIST files" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+class TinyNet(nn.Module):
+    """A third network, known only to these tests: one linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(28 * 28, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x.flatten(1))
+
+
+def test_a_third_network_and_its_recipe_are_one_entry_each_and_train_as_asked(monkeypatch, tmp_path, data_root):
+    monkeypatch.setitem(helpers.NETWORKS, "tiny", TinyNet)
+    monkeypatch.setitem(recipes.RECIPES, "tiny-fast", recipes.Recipe(
+        "tiny-fast", model="tiny", fast=True, batch_size=256, epochs=3, lr=3e-3, schedule="onecycle"))
+    out = tmp_path / "tiny.pt"
+    status = cli.main(["train", "--model", "tiny", "--smoke", "--epochs", "1", "--out", str(out),
+                       "--runs", str(tmp_path / "runs"), "--device", "cpu"])
+    assert status == 0
+    saved = helpers.read_checkpoint(tmp_path / "tiny-last.pt")
+    assert (saved["model"], saved["recipe"], saved["architecture"]) == ("tiny", "tiny-fast", "TinyNet")
+    assert saved["settings"]["epochs"] == 1 and saved["settings"]["fast"]
+    assert [p.name.split("-b256-")[0] for p in (tmp_path / "runs").iterdir()] == ["tiny-fast"]
+    model, meta = helpers.load_checkpoint(out)
+    assert isinstance(model, TinyNet) and meta["recipe"] == "tiny-fast"
+
+
+def test_the_command_line_never_trains_another_network_than_the_one_asked_for(monkeypatch, capsys):
+    monkeypatch.setitem(helpers.NETWORKS, "tiny", TinyNet)  # a network with no recipe yet
+    assert cli.main(["train", "--model", "tiny", "--smoke"]) == 1
+    assert "no recipe trains the network 'tiny'" in capsys.readouterr().err
+    assert cli.main(["train", "--model", "improved", "--recipe", "original", "--smoke"]) == 1
+    assert "recipe 'original' trains the 'original' network, not 'improved'" in capsys.readouterr().err
+    assert cli.main(["train", "--recipe", "no-such-recipe", "--smoke"]) == 1
+    assert "unknown recipe 'no-such-recipe'" in capsys.readouterr().err

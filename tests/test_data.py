@@ -7,19 +7,20 @@ import pytest
 import torch
 
 import helpers
+from machinery import dataset
 
-# Restated from COURSE.md on purpose: a typo in helpers.RAW_SHA256 must fail a test.
+# Restated from COURSE.md on purpose: a typo in dataset.RAW_SHA256 must fail a test.
 COURSE_SHA256 = {
     "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
     "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
     "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
     "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
-DEBIAN_COPY = helpers.DEBIAN_DATA_DIR  # taken before any test hides it
+DEBIAN_COPY = dataset.DEBIAN_DATA_DIR  # taken before any test hides it
 
 
 def test_prepared_files_are_the_originals(data_root):
-    assert helpers.RAW_SHA256 == COURSE_SHA256
+    assert dataset.RAW_SHA256 == COURSE_SHA256
     raw = data_root / "FashionMNIST" / "raw"
     for name, expected in COURSE_SHA256.items():
         assert hashlib.sha256((raw / name).read_bytes()).hexdigest() == expected
@@ -68,11 +69,11 @@ def test_local_copy_is_found_through_FMNIST_DATA(monkeypatch, tmp_path, data_roo
     monkeypatch.setenv("FMNIST_DATA", str(copy))
     root = helpers.prepare_data(tmp_path / "data")
     for name, expected in COURSE_SHA256.items():
-        assert helpers.sha256_of(root / "FashionMNIST" / "raw" / name) == expected
+        assert dataset.sha256_of(root / "FashionMNIST" / "raw" / name) == expected
 
 
 def test_debian_gz_copy_is_decompressed_into_torchvision_layout(tmp_path, data_root):
-    if not helpers.DEBIAN_DATA_DIR.is_dir():
+    if not dataset.DEBIAN_DATA_DIR.is_dir():
         pytest.fail("Debian's dataset-fashion-mnist is not installed: .ci/run installs it")
     root = helpers.prepare_data(tmp_path / "data")
     train, _, _ = helpers.load_datasets(helpers.course_settings(smoke=True), root=root)

@@ -1,16 +1,18 @@
 """Stage 10's fast path: the data on the device gives the same batches as the DataLoader path,
 augmentation shifts and mirrors each image, and fit() trains with it unchanged."""
 import warnings
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
 
 import helpers
+from machinery import bench, fast_path
 
 
 def test_device_tensors_are_the_images_totensor_gives(small_sets):
     train, _, _ = small_sets
-    images, labels = helpers.dataset_tensors(train)  # a Subset of a Subset of FashionMNIST
+    images, labels = fast_path.dataset_tensors(train)  # a Subset of a Subset of FashionMNIST
     assert images.dtype == torch.uint8 and images.shape == (len(train), 28, 28)
     for i in (0, 7, len(train) - 1):
         image, label = train[i]
@@ -34,13 +36,13 @@ def test_shuffling_is_seeded_and_covers_every_image_once(small_sets):
         return torch.cat([y for _, y in loader])
     first, again, other = labels_in_order(0), labels_in_order(0), labels_in_order(1)
     assert torch.equal(first, again) and not torch.equal(first, other)
-    assert torch.equal(first.sort().values, helpers.dataset_tensors(train)[1].sort().values)
+    assert torch.equal(first.sort().values, fast_path.dataset_tensors(train)[1].sort().values)
 
 
 def test_shift_and_flip_move_each_image_as_asked():
     image = torch.arange(28 * 28, dtype=torch.float32).reshape(1, 1, 28, 28)
     images = image.repeat(3, 1, 1, 1)
-    out = helpers.shift_and_flip(images, torch.tensor([[2, 2], [2, 2], [0, 4]]), torch.tensor([False, True, False]))
+    out = fast_path.shift_and_flip(images, torch.tensor([[2, 2], [2, 2], [0, 4]]), torch.tensor([False, True, False]))
     assert torch.equal(out[0], image[0])                       # centre crop: unchanged
     assert torch.equal(out[1], image[0].flip(-1))              # mirrored
     assert torch.equal(out[2, 0, 2:, :26], image[0, 0, :26, 2:])  # moved down 2 and left 2 ...
@@ -67,7 +69,8 @@ def test_fit_trains_on_the_fast_path(small_sets, small_settings, cpu, tmp_path):
     optimizer = helpers.make_optimizer(model, small_settings)
     history = helpers.fit(model, helpers.DeviceLoader(train, 32, shuffle=True, generator=generator, channels_last=True),
                           helpers.DeviceLoader(valid, 256), loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer,
-                          device=cpu, epochs=3, last_path=tmp_path / "last.pt", settings=small_settings, log=lambda _: None)
+                          device=cpu, recipe=replace(small_settings, epochs=3, fast=True), last_path=tmp_path / "last.pt",
+                          log=lambda _: None)
     assert history.epochs == 3 and history.train_loss[-1] < history.train_loss[0]
     assert helpers.read_checkpoint(tmp_path / "last.pt")["training_state"]["rng"]["loader"] is not None
 
@@ -80,30 +83,30 @@ def test_mixed_precision_is_chosen_by_the_hardware():
 
 
 def test_bench_reports_both_paths_side_by_side(data_root):
-    import course_tools
-    report = course_tools.bench(images=256, rounds=1)
+    report = bench.bench(images=256, rounds=1)
     assert report["original_recipe_images_per_s"] > 0 and report["fast_path_images_per_s"] > 0
     assert abs(report["ratio"] - report["fast_path_images_per_s"] / report["original_recipe_images_per_s"]) < 0.02
     assert report["device"] == str(helpers.pick_device()) and report["machine"] == helpers.machine()
 
 
 def test_a_fast_run_uses_device_loaders_and_says_so(small_sets, small_settings, cpu):
-    fast = helpers.course_settings(smoke=True, fast=True)
-    loaders = helpers.make_run_loaders(fast, *small_sets, torch.Generator(), cpu)
+    fast = helpers.course_settings(smoke=True, recipe="original-fast")
+    train, valid, _ = small_sets
+    loaders = helpers.make_train_loader(fast, train, torch.Generator(), cpu), helpers.make_eval_loader(fast, valid, cpu)
     assert all(isinstance(loader, helpers.DeviceLoader) for loader in loaders)
     assert loaders[0].shuffle and loaders[0].channels_last and not loaders[1].shuffle
-    assert "-fast" in helpers.run_name(fast) and "-fast" not in helpers.run_name(small_settings)
-    slow = helpers.make_run_loaders(small_settings, *small_sets, torch.Generator(), cpu)
+    assert helpers.run_name(fast).startswith("original-fast-b128-") and "-smoke-" in helpers.run_name(fast)
+    slow = (helpers.make_train_loader(small_settings, train, torch.Generator(), cpu),
+            helpers.make_eval_loader(small_settings, valid, cpu))
     assert all(isinstance(loader, torch.utils.data.DataLoader) for loader in slow)
 
 
 def test_time_to_accuracy_stops_at_the_first_epoch_that_reaches_the_target(small_sets, cpu):
-    import course_tools
     settings = helpers.course_settings(smoke=True, recipe="improved", epochs=3, batch_size=64,
                                        train_size=512, valid_size=256, test_size=256)
-    reached = course_tools.time_to_accuracy(settings, *small_sets, cpu, target=0.05)
+    reached = bench.time_to_accuracy(settings, small_sets[0], small_sets[2], cpu, target=0.05)
     assert reached["reached"] and reached["epochs"] == 1 and reached["seconds"] > 0
-    missed = course_tools.time_to_accuracy(settings, *small_sets, cpu, target=1.01)
+    missed = bench.time_to_accuracy(settings, small_sets[0], small_sets[2], cpu, target=1.01)
     assert not missed["reached"] and missed["epochs"] == 3 and 0 <= missed["test_accuracy"] <= 1
 
 
@@ -115,7 +118,7 @@ def test_a_compiled_network_trains_and_saves_checkpoints_an_uncompiled_one_loads
                                   channels_last=True)  # 512 images: four batches of one shape
     loss = helpers.train_one_epoch(model, loader, loss_fn, optimizer, cpu)
     assert 0 < loss < 5
-    helpers.save_checkpoint(tmp_path / "compiled.pt", model, settings=settings)
+    helpers.save_checkpoint(tmp_path / "compiled.pt", model, recipe=settings)
     eager, _ = helpers.load_checkpoint(tmp_path / "compiled.pt")  # same keys: no '_orig_mod.' prefix
     images, _ = next(iter(helpers.DeviceLoader(valid, 256, channels_last=True)))
     model.eval()
@@ -149,9 +152,9 @@ def test_fp16_with_a_gradient_scaler_trains_without_a_schedule_warning(small_set
 
 
 def test_sprint_short_run_reports_a_few_epochs_at_a_forced_precision(small_sets, cpu):
-    import course_tools
+    from machinery.tools import measure
     settings = helpers.course_settings(smoke=True, recipe="improved", batch_size=128,
                                        train_size=512, valid_size=256, test_size=256)
-    result = course_tools.short_run(settings, None, small_sets, cpu, epochs=1)
+    result = measure.short_run(settings, None, small_sets[0], small_sets[2], cpu, epochs=1)
     assert result["label"] == "improved, 1 of 2 epochs, None"
     assert 0 < result["train_loss"] < 5 and 0 <= result["test_accuracy"] <= 1 and result["seconds"] > 0

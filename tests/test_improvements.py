@@ -61,7 +61,7 @@ def test_one_cycle_warms_up_then_anneals_once_per_batch():
     with pytest.raises(ValueError, match="steps_per_epoch"):
         helpers.make_scheduler(optimizer, settings)
     scheduler = helpers.make_scheduler(optimizer, settings, steps_per_epoch=10)
-    assert helpers.steps_per_batch(scheduler)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
     lrs = []
     for _ in range(settings.epochs * 10):
         lrs.append(helpers.current_lr(optimizer))
@@ -70,7 +70,8 @@ def test_one_cycle_warms_up_then_anneals_once_per_batch():
     peak = lrs.index(max(lrs))
     assert max(lrs) == pytest.approx(settings.lr) and 0.2 < peak / len(lrs) < 0.4
     assert lrs[0] < settings.lr / 10 and lrs[-1] < settings.lr / 1000
-    assert not helpers.steps_per_batch(helpers.make_scheduler(optimizer, helpers.course_settings(smoke=True)))
+    plateau = helpers.make_scheduler(optimizer, helpers.course_settings(smoke=True))
+    assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
 def test_train_run_with_the_improved_recipe_learns_and_ends_its_schedule(small_sets, cpu, tmp_path):
@@ -83,7 +84,7 @@ def test_train_run_with_the_improved_recipe_learns_and_ends_its_schedule(small_s
                                                 log=lines.append)
     assert history.epochs == 2 and minutes > 0 and not history.stopped_early
     assert history.train_loss[-1] < history.train_loss[0]
-    assert lines[0].startswith("training improved (261,298 parameters)")
+    assert lines[0].startswith("recipe improved: improved (261,298 parameters)")
     state = helpers.read_checkpoint(tmp_path / "last.pt")["training_state"]
     assert state["scheduler"]["last_epoch"] == 2 * 8  # stepped per batch: 8 batches of 64, twice
     assert state["early_stopping"] is None  # a fixed-length schedule has no early stopping
@@ -111,16 +112,16 @@ def test_flip_tta_averages_each_image_with_its_mirror(small_sets, cpu):
 
 
 def test_a_trial_reports_validation_figures_only_and_refuses_unknown_settings(data_root, tmp_path, capsys):
-    """`course_tools.py trial` is how recipes are chosen: it trains a variant and never touches the test set."""
-    import course_tools
-    assert course_tools.parse_overrides(["epochs=1", "lr=0.002", "optimizer=adamw", "augment=true"]) == \
+    """`python -m machinery.tools trial` is how recipes are chosen: it trains a variant and never touches the test set."""
+    from machinery.tools import cli, trials
+    assert trials.parse_overrides(["epochs=1", "lr=0.002", "optimizer=adamw", "augment=true"]) == \
         {"epochs": 1, "lr": 0.002, "optimizer": "adamw", "augment": True}
     with pytest.raises(ValueError, match="not KEY=VALUE with KEY one of the settings: model, epochs"):
-        course_tools.parse_overrides(["epoch=1"])
+        trials.parse_overrides(["epoch=1"])
     with pytest.raises(ValueError, match="a final fit trains on them"):
-        course_tools.trial("improved", {"final_fit": True}, smoke=True, out=tmp_path)
+        trials.trial("improved", {"final_fit": True}, smoke=True, out=tmp_path)
     command = ["trial", "original-fast", "epochs=2", "lr=0.002", "train_size=2000", "--smoke", "--out", str(tmp_path)]
-    assert course_tools.main(command) == 0
+    assert cli.main(command) == 0
     report = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert report["overrides"] == {"epochs": 2, "lr": 0.002, "train_size": 2000} and report["epochs"] == 2
     assert 0.3 < report["valid_accuracy_last"] <= 1 and not any("test" in key for key in report)
@@ -128,4 +129,5 @@ def test_a_trial_reports_validation_figures_only_and_refuses_unknown_settings(da
     assert last == tmp_path / "trial-original-fast-epochs2-lr0.002-train_size2000-smoke-last.pt"
     settings = helpers.read_checkpoint(last)["settings"]
     assert settings["lr"] == 0.002 and settings["fast"] and settings["train_size"] == 2000
+    assert helpers.read_checkpoint(last)["recipe"] == "trial-original-fast-epochs2-lr0.002-train_size2000"  # a variant
     assert (tmp_path / "runs" / "trial-original-fast-epochs2-lr0.002-train_size2000-smoke").is_dir()

@@ -7,20 +7,20 @@ from pathlib import Path
 
 import pytest
 
-import course_tools
 import helpers
+from machinery.tools import notebooks as course_notebooks
 
-NOTEBOOKS = course_tools.notebook_paths()
+NOTEBOOKS = course_notebooks.notebook_paths()
 
 
 def test_notebooks_are_numbered_in_order():
-    numbers = [int(course_tools.NAME_PATTERN.match(p.name).group(1)) for p in NOTEBOOKS]
+    numbers = [int(course_notebooks.NAME_PATTERN.match(p.name).group(1)) for p in NOTEBOOKS]
     assert numbers == list(range(1, len(NOTEBOOKS) + 1))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_lint(path):
-    assert course_tools.lint(path) == []
+    assert course_notebooks.lint(path) == []
 
 
 def test_lint_catches_what_it_should(tmp_path):
@@ -28,13 +28,13 @@ def test_lint_catches_what_it_should(tmp_path):
     broken.parent.mkdir()
     shutil.copy(NOTEBOOKS[0], broken)
     text = broken.read_text().replace('"execution_count": 2', '"execution_count": 7', 1)
-    broken.write_text(text.replace("helpers.machine()", "helpers.machine() + '/home/me/x'"))
-    original_root = course_tools.REPO_ROOT
+    broken.write_text(text.replace("{machine()}", "{machine() + '/home/me/x'}"))
+    original_root = course_notebooks.REPO_ROOT
     try:
-        course_tools.REPO_ROOT = tmp_path
-        problems = course_tools.lint(broken)
+        course_notebooks.REPO_ROOT = tmp_path
+        problems = course_notebooks.lint(broken)
     finally:
-        course_tools.REPO_ROOT = original_root
+        course_notebooks.REPO_ROOT = original_root
     assert any("name" in p for p in problems)
     assert any("execution counts" in p for p in problems)
     assert any("absolute local path" in p for p in problems)
@@ -46,7 +46,7 @@ def run_setup_cell(cwd: Path, env: dict, pythonpath: list[Path] = ()) -> subproc
     With a stand-in google.colab on the pythonpath, it is imported first, as Colab's kernel does.
     """
     colab = "import google.colab\n" if pythonpath else ""
-    script = colab + course_tools.SETUP_CELL + "\nimport helpers\nprint(Path(helpers.__file__).resolve())\nprint(Path.cwd())"
+    script = colab + course_notebooks.SETUP_CELL + "\nimport helpers\nprint(Path(helpers.__file__).resolve())\nprint(Path.cwd())"
     env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(map(str, pythonpath))}
     return subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=120)
@@ -57,6 +57,7 @@ def test_setup_cell_in_colab_fetches_the_course_offline(tmp_path):
     origin = tmp_path / "origin"
     origin.mkdir()
     shutil.copy(helpers.REPO_ROOT / "helpers.py", origin / "helpers.py")
+    shutil.copytree(helpers.REPO_ROOT / "machinery", origin / "machinery", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(helpers.REPO_ROOT / "notebooks", origin / "notebooks",
                     ignore=shutil.ignore_patterns("*.ipynb", "__pycache__"))
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-C", str(origin)]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import helpers
+from machinery import resume
 from test_training import small_run
 
 
@@ -65,16 +66,18 @@ def test_fp16_scale_carries_over_between_epochs_and_into_the_last_checkpoint(sma
     helpers.seed_everything(0)
     model, optimizer, scheduler, loss_fn = helpers.make_training(settings, cpu, steps_per_epoch=2)
     loader = helpers.DeviceLoader(helpers.first(train_set, 128), 64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(helpers, "mixed_precision", lambda device: torch.float16)  # a T4's choice, here on the CPU
     helpers.fit(model, loader, helpers.DeviceLoader(helpers.first(valid_set, 64), 64), loss_fn=loss_fn,
-                optimizer=optimizer, device=cpu, epochs=2, scheduler=scheduler, precision=torch.float16,
-                last_path=tmp_path / "last.pt", settings=settings, log=lambda line: None)
+                optimizer=optimizer, device=cpu, recipe=settings, scheduler=scheduler,
+                last_path=tmp_path / "last.pt", log=lambda line: None)
     assert len(scalers) == 2 and scalers[0] is scalers[1] and scalers[0].is_enabled()
     saved = helpers.read_checkpoint(tmp_path / "last.pt")["training_state"]["scaler"]
     assert saved["scale"] == scalers[0].get_scale() < 2.0 ** 16
 
     fresh = helpers.make_scaler(cpu, torch.float16)
     model, optimizer, scheduler, _ = helpers.make_training(settings, cpu, steps_per_epoch=2)
-    helpers.restore_training(tmp_path / "last.pt", model, optimizer, scheduler, None, loader, cpu, fresh)
+    resume.restore_training(tmp_path / "last.pt", "improved", model, optimizer, scheduler, None, loader, cpu, fresh,
+                            log=lambda line: None)
     assert fresh.get_scale() == scalers[0].get_scale()
 
 

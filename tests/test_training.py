@@ -1,4 +1,6 @@
 """Stages 5-6: the loop, on real images: it learns, logs to TensorBoard, checkpoints, stops."""
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn as nn
@@ -18,8 +20,8 @@ def small_run(small_sets, settings, tmp_path, epochs, **fit_kwargs):
     history = helpers.fit(
         model, helpers.make_loader(train_set, settings.batch_size, shuffle=True, generator=generator),
         helpers.make_loader(valid_set, 256), loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer,
-        device=torch.device("cpu"), epochs=epochs, scheduler=helpers.make_scheduler(optimizer, settings),
-        early_stopping=helpers.EarlyStopping(settings.stop_patience), settings=settings,
+        device=torch.device("cpu"), recipe=replace(settings, epochs=epochs),
+        scheduler=helpers.make_scheduler(optimizer, settings), early_stopping=helpers.EarlyStopping(settings.stop_patience),
         log=lines.append, **fit_kwargs)
     return model, history, lines
 
@@ -87,11 +89,18 @@ def test_evaluate_averages_the_loss_over_images_not_batches(small_sets, cpu):
     (dict(epochs=0), "epochs must be a positive"),
     (dict(batch_size=-16), "batch_size must be a positive"),
     (dict(lr=0.0), "lr must be positive"),
-    (dict(model="vgg"), "unknown network 'vgg'"),
+    (dict(schedule="cosine"), "unknown schedule 'cosine'"),
 ])
 def test_bad_settings_are_refused(bad, message):
     with pytest.raises(ValueError, match=message):
         helpers.course_settings(smoke=True, **bad)
+
+
+def test_a_recipe_for_an_unknown_network_fails_when_the_network_is_built():
+    # helpers.build_model is the one place that checks network names
+    recipe = helpers.course_settings(smoke=True, model="vgg")
+    with pytest.raises(ValueError, match="unknown network 'vgg': choose one of original, improved"):
+        helpers.make_training(recipe, torch.device("cpu"), steps_per_epoch=1)
 
 
 def test_pick_device_rejects_unknown_devices():

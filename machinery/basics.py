@@ -1,0 +1,69 @@
+"""The bottom layer: where the course keeps its files, the class names, the errors a student can
+fix, smoke mode, and the one-line description of this machine."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_ROOT = REPO_ROOT / "data"            # torchvision's layout below it: data/FashionMNIST/raw/
+RUNS_ROOT = REPO_ROOT / "runs"            # one TensorBoard run directory per training run
+CHECKPOINTS = REPO_ROOT / "checkpoints"   # yours, from training (not in git)
+REFERENCE = REPO_ROOT / "reference"       # trained by the course authors, shipped in git
+
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+class CourseError(Exception):
+    """A problem the student can fix; the message says how (the CLI prints it as one line)."""
+
+
+class DatasetError(CourseError):
+    """The Fashion-MNIST files are missing, corrupt or cannot be written."""
+
+
+class CheckpointError(CourseError):
+    """A checkpoint file is unreadable or belongs to another network."""
+
+
+def smoke_mode() -> bool:
+    """True when FMNIST_SMOKE is set (CI runs every notebook this way)."""
+    return os.environ.get("FMNIST_SMOKE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def machine() -> str:
+    """A one-line description of this machine, for the notebooks' closing "produced on" line."""
+    if torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name()} with torch {torch.__version__}"
+    cpuinfo = Path("/proc/cpuinfo")
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")), "CPU") if cpuinfo.exists() else "CPU"
+    threads = torch.get_num_threads()
+    return (f"CPU only ({cpu}, {os.cpu_count()} cores, torch using {threads} "
+            f"thread{'s' if threads > 1 else ''}) with torch {torch.__version__}")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' picks the GPU when there is one; 'cpu', 'cuda', 'cuda:1', 'mps' pick that device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but this machine has no CUDA GPU: use cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} asked for, but MPS is not available here: use cpu or auto")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def course_checkpoint(name: str = "original") -> Path:
+    """Your best checkpoint from stage 6 when there is one, otherwise the course's reference."""
+    yours = CHECKPOINTS / f"{name}.pt"
+    return yours if yours.is_file() else REFERENCE / f"{name}.pt"

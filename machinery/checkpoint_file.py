@@ -1,0 +1,85 @@
+"""The checkpoint file: its format, the atomic write, the safe read, and errors a student can act on.
+
+helpers.save_checkpoint decides what a checkpoint holds; this module writes and reads the file.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .basics import CheckpointError
+
+CHECKPOINT_FORMAT = "fmnist-course-checkpoint/1"
+
+
+def write_atomically(payload: dict, path: Path | str) -> Path:
+    """torch.save `payload` to `path`; a crash mid-write never leaves a half-written file there."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
+        os.replace(tmp, path)    # atomic: readers see the old file or the new one, never half
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> dict:
+    """The checkpoint's contents as a dict; a bare state_dict (the original notebook's) is wrapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises many types here: zip, pickle, EOF, runtime errors
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {why_unreadable(path, e)}") from None
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        return payload
+    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        # torch.save(model.state_dict(), ...) as in the original notebook: assume its network
+        return {"format": "bare state_dict", "model": "original", "state_dict": payload,
+                "epoch": None, "metrics": {}}
+    raise CheckpointError(f"{path} holds a {type(payload).__name__}, not a course checkpoint or a state_dict")
+
+
+def why_unreadable(path: Path, error: Exception) -> str:
+    """What is wrong with a file torch.load refused, in words a student can act on."""
+    head = path.read_bytes()[:4]
+    if not head:
+        return "the file is empty"
+    if head == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+        return "the file is cut short (an interrupted download or copy?): copy it again"
+    if not head.startswith((b"PK", b"\x80")):  # torch.save writes a zip archive (old torch: a pickle)
+        return "torch.save writes a zip archive and this file is not one (a text file? an image?)"
+    if isinstance(error, pickle.UnpicklingError):
+        return ("it holds Python objects that safe (weights-only) loading refuses: not a course "
+                "checkpoint or a state_dict; never load such files from sources you do not trust")
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def load_weights(model: nn.Module, payload: dict, path: Path | str) -> nn.Module:
+    """Copy a checkpoint's weights into `model` (strict), or say clearly why they do not fit."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in payload["state_dict"].items()}
+    problems = []
+    for label, keys in (("missing", [k for k in expected if k not in found]),
+                        ("unexpected", [k for k in found if k not in expected])):
+        if keys:
+            problems.append(f"{len(keys)} {label} key{'s' * (len(keys) > 1)} ({', '.join(keys[:3])}"
+                            f"{', ...' if len(keys) > 3 else ''})")
+    problems += [f"{k} is {list(found[k])} in the file but {list(expected[k])} in the network"
+                 for k in expected if k in found and found[k] != expected[k]][:3]
+    if problems:
+        raise CheckpointError(f"{path} does not fit the {payload.get('model')!r} network "
+                              f"({type(model).__name__}): {'; '.join(problems)}")
+    model.load_state_dict(payload["state_dict"], strict=True)
+    return model

@@ -1,0 +1,122 @@
+"""The real Fashion-MNIST on disk, verified: from a local copy when there is one, else torchvision.
+
+`prepare_data()` puts the four original files, decompressed, in torchvision's layout under
+ROOT/FashionMNIST/raw/ and checks every file's SHA-256 before anything trains on it.
+"""
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import os
+from pathlib import Path
+
+from torchvision import datasets
+
+from .basics import DATA_ROOT, DatasetError
+
+# SHA-256 of the decompressed original files. Debian's .gz files differ from the ones torchvision
+# downloads (other gzip headers), so we check what is inside, not the archives.
+RAW_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+DEBIAN_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
+HOW_TO_GET_DATA = ("connect to the internet (torchvision downloads it), or "
+                   "`sudo apt-get install dataset-fashion-mnist`, or set FMNIST_DATA to a folder "
+                   "holding the four original files (train-images-idx3-ubyte.gz ...)")
+
+
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def local_copy_dirs() -> list[Path]:
+    """Where to look for the original files before downloading, in order."""
+    dirs = [Path(os.environ["FMNIST_DATA"]).expanduser()] if os.environ.get("FMNIST_DATA") else []
+    return dirs + [DEBIAN_DATA_DIR]
+
+
+def find_original_file(folder: Path, name: str) -> Path | None:
+    """The file `name` or `name.gz` in `folder`, if present."""
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def copy_decompressed(src: Path, dest: Path) -> None:
+    """Copy src (gz or plain) to dest decompressed, check its SHA-256, then move it into place."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        opener = gzip.open if src.suffix == ".gz" else open
+        with opener(src, "rb") as fin, open(tmp, "wb") as fout:
+            while chunk := fin.read(1 << 20):
+                fout.write(chunk)
+        if sha256_of(tmp) != RAW_SHA256[dest.name]:
+            raise DatasetError(f"{src} is not the original Fashion-MNIST file (SHA-256 mismatch): "
+                               f"replace it with a good copy, or " + HOW_TO_GET_DATA)
+        os.replace(tmp, dest)
+    except (EOFError, gzip.BadGzipFile, OSError) as e:
+        if isinstance(e, PermissionError):
+            raise DatasetError(f"cannot write {dest}: choose a writable data folder ({e.strerror})") from None
+        raise DatasetError(f"{src} is truncated or corrupt ({e}): replace it with a good copy, or "
+                           + HOW_TO_GET_DATA) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def download_with_torchvision(root: Path) -> None:
+    """Let torchvision download Fashion-MNIST into root (how Colab gets it)."""
+    chatter = io.StringIO()  # torchvision prints one line per mirror it tries
+    try:
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            datasets.FashionMNIST(root, train=True, download=True)
+            datasets.FashionMNIST(root, train=False, download=True)
+    except (RuntimeError, OSError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        reason = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"  # what failed, and why
+        raise DatasetError(f"Fashion-MNIST is not in {root} and could not be downloaded "
+                           f"({reason}). Ways out: " + HOW_TO_GET_DATA) from None
+
+
+def prepare_data(root: Path | str = DATA_ROOT) -> Path:
+    """Make sure root/FashionMNIST/raw/ holds the four verified files; return root.
+
+    Order: files already in place -> a local copy (FMNIST_DATA, then Debian's package) ->
+    torchvision's download. Every file's SHA-256 is checked before anything trains on it.
+    """
+    root = Path(root)
+    raw = root / "FashionMNIST" / "raw"
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DatasetError(f"cannot create the data folder {raw} ({e.strerror}): "
+                           f"pass a writable folder as the data root") from None
+    missing = [n for n in RAW_SHA256 if not (raw / n).is_file()]
+    if missing:
+        if os.environ.get("FMNIST_DATA") and not all(
+                find_original_file(local_copy_dirs()[0], n) for n in missing):
+            raise DatasetError(f"FMNIST_DATA={os.environ['FMNIST_DATA']} does not hold all four "
+                               f"Fashion-MNIST files (missing e.g. {missing[0]}.gz)")
+        source = next((d for d in local_copy_dirs()
+                       if all(find_original_file(d, n) for n in missing)), None)
+        if source is not None:
+            for name in missing:
+                copy_decompressed(find_original_file(source, name), raw / name)
+        else:
+            download_with_torchvision(root)
+    for name, expected in RAW_SHA256.items():
+        if sha256_of(raw / name) != expected:
+            raise DatasetError(f"{raw / name} is corrupt or truncated (SHA-256 mismatch): "
+                               f"delete it and run again to fetch a fresh copy")
+    return root
+

@@ -1,0 +1,43 @@
+"""Stage 10's network, a small ResNet: notebook 10 explains it; helpers.NETWORKS names it "improved"."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+    """3x3 convolution (no bias: BatchNorm adds its own), BatchNorm, ReLU; keeps height and width."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class ResidualBlock(nn.Module):
+    """Two convolutions whose output is added to their input: x + f(x) (a ResNet's building block)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(conv_bn_relu(channels, channels), conv_bn_relu(channels, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)  # the block only has to learn a correction to x: deep nets train easily
+
+
+class ImprovedCNN(nn.Module):
+    """Stage 10's network: a small ResNet (the ResNet-9 shape), 261,298 parameters.
+
+    Differences from FMnistCNN: two convolutions at full 28x28 resolution, residual blocks, and a
+    global max-pool instead of the big linear layer -- the parameters go into convolutions.
+    """
+
+    def __init__(self, width: int = 24) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            conv_bn_relu(1, width), conv_bn_relu(width, 2 * width), nn.MaxPool2d(2),  # -> 48x14x14
+            ResidualBlock(2 * width),
+            conv_bn_relu(2 * width, 4 * width), nn.MaxPool2d(2),                     # -> 96x7x7
+            ResidualBlock(4 * width),
+            nn.AdaptiveMaxPool2d(1), nn.Flatten())                                   # -> 96
+        self.classifier = nn.Linear(4 * width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))

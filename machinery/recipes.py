@@ -1,0 +1,118 @@
+"""Recipes: one named, validated set of hyper-parameters carried through a run.
+
+A recipe's name is recorded in its checkpoints and in its TensorBoard run's name. Adding a recipe
+is one entry in RECIPES; adding a network is one entry in helpers.NETWORKS, and a recipe names it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from .basics import CHECKPOINTS, smoke_mode
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The hyper-parameters of one training run, under a name; the defaults are the original notebook's."""
+    name: str
+    model: str = "original"         # a network of helpers.NETWORKS (build_model checks the name)
+    epochs: int = 50
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_factor: float = 0.1          # ReduceLROnPlateau: multiply the lr by this ...
+    lr_patience: int = 4            # ... after this many epochs without a better valid loss
+    stop_patience: int = 7          # early stopping: epochs without a better valid loss
+    seed: int = 0
+    train_size: int | None = None   # None: all 50,000 training images
+    valid_size: int | None = None   # None: all 10,000 validation images
+    test_size: int | None = None    # None: all 10,000 test images
+    fast: bool = False              # the fast path: data on the device, channels-last, mixed precision
+    optimizer: str = "adam"         # "adam" (L2 weight decay, as the original) or "adamw" (decoupled)
+    schedule: str = "plateau"       # "plateau" (ReduceLROnPlateau) or "onecycle" (up, then down, per step)
+    augment: bool = False           # random 2-pixel shifts and mirror images (fast path only)
+    label_smoothing: float = 0.0    # CrossEntropyLoss(label_smoothing=...): softer targets
+    compile: bool = False           # torch.compile the network (CUDA graphs on a GPU): fast_path.compile_model
+    final_fit: bool = False         # train on all 60,000 images (train + validation): the last step, once
+                                    # validation has chosen the recipe; its "valid" figures are then not held out
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "lr_patience", "stop_patience"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be zero or positive, got {self.weight_decay!r}")
+        for name, allowed in (("optimizer", ("adam", "adamw")), ("schedule", ("plateau", "onecycle"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}: choose {' or '.join(allowed)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in 0..1, got {self.label_smoothing!r}")
+        if self.final_fit and self.schedule != "onecycle":
+            raise ValueError("final_fit needs a fixed-length schedule (onecycle): the plateau schedule and early "
+                             "stopping watch the validation loss, and a final fit has no held-out validation")
+        if self.augment and not self.fast:
+            raise ValueError("augment=True needs the fast path (fast=True): augmentation runs on the device")
+
+    def as_dict(self) -> dict:
+        """The recipe as plain values, as checkpoints record it."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> Recipe:
+        """A recipe recorded in a checkpoint; checkpoints from before recipes had names get 'unnamed'."""
+        return cls(**{"name": "unnamed", **saved})
+
+
+# The course's recipes: stages 5-6 teach the original; stage 10 climbs to the others.
+RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
+    Recipe("original"),  # the original notebook: batch 16, Adam 1e-3, ReduceLROnPlateau, early stopping
+    Recipe("original-fast", fast=True, batch_size=128, epochs=25, lr=3e-3, schedule="onecycle"),
+    Recipe("improved", model="improved", fast=True, batch_size=256, epochs=24, lr=4e-3, optimizer="adamw",
+           weight_decay=0.05, schedule="onecycle", augment=True, label_smoothing=0.1),
+)}
+
+
+def course_settings(smoke: bool | None = None, recipe: str = "original", **overrides) -> Recipe:
+    """A course recipe by name (see RECIPES); in smoke mode a few thousand images and two epochs."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
+    settings = RECIPES[recipe]
+    if smoke_mode() if smoke is None else smoke:
+        settings = replace(settings, epochs=2, train_size=4000, valid_size=1000, test_size=1000)
+    return replace(settings, **overrides)
+
+
+def recipe_for_network(network: str, fast: bool = False) -> str:
+    """The name of the course recipe that trains `network` (on the fast path if asked)."""
+    names = [r.name for r in RECIPES.values() if r.model == network and (r.fast or not fast)]
+    names.sort(key=lambda name: RECIPES[name].fast != fast)  # an exact match on the path first
+    if not names:
+        trained = sorted({r.model for r in RECIPES.values()})
+        raise ValueError(f"no recipe trains the network {network!r}{' on the fast path' if fast else ''}: "
+                         f"networks with a recipe: {', '.join(trained)} (add one to machinery.recipes.RECIPES)")
+    return names[0]
+
+
+def variant_suffix(recipe: Recipe) -> str:
+    """'-final' for a final fit, '-smoke' for a smoke run: kept apart from a real run's files."""
+    return ("-final" if recipe.final_fit else "") + ("-smoke" if recipe.train_size else "")
+
+
+def checkpoint_paths(recipe: Recipe, folder: Path | str = CHECKPOINTS,
+                     name: str | None = None) -> tuple[Path, Path]:
+    """Where a run keeps its best and last checkpoints: checkpoints/RECIPE.pt and RECIPE-last.pt.
+
+    The name is the recipe's unless given. Smoke runs get their own names, so a CI run never
+    overwrites a real run's checkpoints.
+    """
+    stem = (name or recipe.name) + variant_suffix(recipe)
+    return Path(folder) / f"{stem}.pt", Path(folder) / f"{stem}-last.pt"
+
+
+def run_name(recipe: Recipe) -> str:
+    """A readable TensorBoard run name: recipe, batch size, learning rate and start time."""
+    return f"{recipe.name}-b{recipe.batch_size}-lr{recipe.lr:g}{variant_suffix(recipe)}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -1,0 +1,91 @@
+"""A recipe trained end to end, as `python helpers.py train` runs it, and checkpoints evaluated on the
+test set, as `python helpers.py evaluate` does. The layer above helpers: it assembles its parts."""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+import helpers
+from .basics import CheckpointError, RUNS_ROOT
+from .checkpoint_file import read_checkpoint
+from .fast_path import DeviceLoader
+from .recipes import Recipe, checkpoint_paths, course_settings, recipe_for_network, run_name
+
+
+def choose_recipe(network: str | None = None, recipe: str | None = None, fast: bool = False,
+                  smoke: bool = False, **overrides) -> Recipe:
+    """The recipe a `train` command asks for: by name, or the course recipe for `network`.
+
+    The network asked for is the network trained: a recipe that names another one is refused.
+    """
+    if network is not None:
+        helpers.build_model(network)  # the one check of network names: an unknown one fails here
+    chosen = course_settings(smoke=smoke or None, recipe=recipe or recipe_for_network(network or "original", fast),
+                             **overrides)
+    if network is not None and chosen.model != network:
+        raise ValueError(f"recipe {chosen.name!r} trains the {chosen.model!r} network, not {network!r}")
+    return chosen
+
+
+def resumed_recipe(last_checkpoint: Path | str, **overrides) -> tuple[Recipe, dict]:
+    """The recipe and training state of an interrupted run; only epochs and compile may change."""
+    saved = read_checkpoint(last_checkpoint)
+    state = saved.get("training_state")
+    if state is None or not saved.get("settings"):
+        raise CheckpointError(f"{last_checkpoint} is not the last checkpoint of a run: nothing to resume")
+    allowed = {k: v for k, v in overrides.items() if k in ("epochs", "compile") and v}
+    return replace(Recipe.from_dict(saved["settings"]), **allowed), state
+
+
+def train(recipe: Recipe, device: torch.device, *, data: Path | str, runs: Path | str = RUNS_ROOT,
+          out: Path | str | None = None, resume: Path | str | None = None, state: dict | None = None,
+          log=print) -> dict:
+    """Train a recipe end to end, keep its best and last checkpoints, and report test accuracy."""
+    train_set, valid_set, test_set = helpers.load_datasets(recipe, root=data)
+    best_path, last_path = checkpoint_paths(recipe)
+    if out:
+        best_path = Path(out)
+        last_path = best_path.with_name(f"{best_path.stem}-last{best_path.suffix}")
+    run_dir = Path(runs) / run_name(recipe)
+    if resume:  # carry on in the same files and the same TensorBoard run
+        last_path = Path(resume)
+        best_path = Path(state["best_path"]) if state["best_path"] else best_path
+        run_dir = Path(state["run_dir"]) if state["run_dir"] else run_dir
+    if recipe.final_fit:  # no held-out validation to choose a best epoch by: keep the last one only
+        best_path = None
+        log("final fit: the validation images are in the training set, so the validation figures "
+            "below are not an estimate of test accuracy")
+    model, history, minutes = helpers.train_run(recipe, train_set, valid_set, device, run_dir=run_dir,
+                                                best_path=best_path, last_path=last_path, resume=resume, log=log)
+    if history.interrupted:
+        raise KeyboardInterrupt
+    test_loader = helpers.make_eval_loader(recipe, test_set, device)
+    loss_fn = nn.CrossEntropyLoss()  # test loss without label smoothing, comparable across recipes
+    report = {"recipe": recipe.name, "model": recipe.model, "epochs": history.epochs, "minutes": minutes,
+              "stopped_early": history.stopped_early, "test_images": len(test_set), "train_images": len(train_set),
+              "last": (*helpers.evaluate(model, test_loader, loss_fn, device), str(last_path))}
+    if best_path is not None:
+        best_model, _ = helpers.load_checkpoint(best_path, device)
+        report["best"] = (*helpers.evaluate(best_model, test_loader, loss_fn, device), str(best_path))
+        report["best_epoch"] = history.best_epoch
+    return report
+
+
+def evaluate_checkpoints(paths: list[Path], device: torch.device, data: Path | str):
+    """Each checkpoint's figures on the full 10,000-image test set, one dict per checkpoint."""
+    models = [(path, *helpers.load_checkpoint(path, device)) for path in paths]  # all readable?
+    _, _, test_set = helpers.load_datasets(course_settings(smoke=False), root=data)
+    # the fast path: the same images as a DataLoader's, in the layout convolutions run fastest in
+    test_loader = DeviceLoader(test_set, 1000, device=device, channels_last=True)
+    for path, model, meta in models:
+        model = model.to(memory_format=torch.channels_last)
+        start = time.perf_counter()
+        test_loss, test_accuracy = helpers.evaluate(model, test_loader, nn.CrossEntropyLoss(), device)
+        yield {"checkpoint": str(path), "model": meta["model"], "recipe": meta.get("recipe"),
+               "params": helpers.count_parameters(model), "test_accuracy": test_accuracy, "test_loss": test_loss,
+               "test_images": len(test_set), "epoch": meta.get("epoch"), "device": str(device),
+               "seconds": round(time.perf_counter() - start, 2)}

@@ -1,0 +1,8 @@
+"""Instructor tools, the top layer (students never need them): `python -m machinery.tools --help`.
+
+notebooks  the Colab badge and setup cell (sync), the notebook rules (lint), full re-runs (execute)
+artwork    the pictures in images/
+measure    GPU measurements beyond bench (sprint), memory under load (loadcheck)
+trials     recipe variants judged on validation only (trial), shipping references (reference)
+cli        the command line over all of them
+"""

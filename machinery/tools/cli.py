@@ -1,0 +1,128 @@
+"""The instructor tools' one command line: `python -m machinery.tools COMMAND ...` (--help lists them)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..cli import OneLineParser, positive_int
+
+
+class ToolsParser(OneLineParser):
+    """One-line errors that point at `python -m machinery.tools ... --help`."""
+
+    def error(self, message: str) -> None:
+        command = " ".join(self.prog.split()[1:])
+        self.exit(2, f"error: {message} (see: python -m machinery.tools {command + ' ' if command else ''}--help)\n")
+
+
+def notebook_list(names: list[str]) -> list[Path]:
+    """The notebooks named (file names in notebooks/), or all of them."""
+    from .notebooks import NOTEBOOKS, notebook_paths
+    return [NOTEBOOKS / name for name in names] if names else notebook_paths()
+
+
+def run_sync(args) -> int:
+    from .notebooks import sync
+    for path in notebook_list(args.notebooks):
+        print(f"{path.name}: {'updated' if sync(path) else 'up to date'}")
+    return 0
+
+
+def run_lint(args) -> int:
+    from .notebooks import lint
+    bad = {path.name: problems for path in notebook_list(args.notebooks) if (problems := lint(path))}
+    for name, problems in bad.items():
+        print(f"{name}: " + "; ".join(problems))
+    return 1 if bad else 0
+
+
+def run_execute(args) -> int:
+    from .notebooks import execute
+    execute(notebook_list(args.notebooks))
+    return 0
+
+
+def run_bench(args) -> int:
+    from ..bench import print_bench
+    print_bench(json_output=args.json, compiled=True if args.compile else None)
+    return 0
+
+
+def run_sprint(args) -> int:
+    from .measure import sprint
+    for result in sprint():  # meant for a GPU: on a CPU it takes hours
+        print(json.dumps(result), flush=True)
+    return 0
+
+
+def run_loadcheck(args) -> int:
+    from .measure import load_check
+    print(json.dumps(load_check()))
+    return 0
+
+
+def run_images(args) -> int:
+    from ..basics import REPO_ROOT
+    from .artwork import make_architecture_diagram, make_sample_photo, make_sprite
+    for path in (make_sprite(), make_architecture_diagram(), make_sample_photo()):
+        print(f"wrote {path.relative_to(REPO_ROOT)}")
+    return 0
+
+
+def run_reference(args) -> int:
+    from .trials import make_reference
+    make_reference(args.checkpoint, command=args.command_line, minutes=args.minutes, name=args.name)
+    return 0
+
+
+def run_trial(args) -> int:
+    from .trials import parse_overrides, trial
+    print(json.dumps(trial(args.recipe, parse_overrides(args.changes), smoke=args.smoke or None, out=args.out)))
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The parser of `python -m machinery.tools`."""
+    parser = ToolsParser(prog="machinery.tools", description="Instructor tools for the Fashion-MNIST course.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ToolsParser)
+    for name, run, text in (("sync", run_sync, "stamp the Colab badge and the setup cell into the notebooks"),
+                            ("lint", run_lint, "list what would fail the notebook lint test"),
+                            ("execute", run_execute, "re-run notebooks top to bottom in place, in full mode")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="file names in notebooks/ (default: all)")
+        sub.set_defaults(run=run)
+    bench = commands.add_parser("bench", help="training images/s: the original recipe vs the fast path")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--compile", action="store_true", help="also time the compiled fast path (always on a GPU)")
+    bench.set_defaults(run=run_bench)
+    commands.add_parser("sprint", help="GPU: fp16/bf16/fp32 short runs, and time to 93%% on short "
+                        "schedules, eager and compiled").set_defaults(run=run_sprint)
+    commands.add_parser("loadcheck", help="memory while evaluating and predicting thousands of "
+                        "times").set_defaults(run=run_loadcheck)
+    commands.add_parser("images", help="draw the sprite, the architecture diagram and the sample "
+                        "photo in images/").set_defaults(run=run_images)
+    reference = commands.add_parser("reference", help="ship a trained checkpoint as reference/NAME.pt")
+    reference.add_argument("checkpoint", type=Path)
+    reference.add_argument("minutes", type=float, help="how long it trained")
+    reference.add_argument("command_line", metavar="COMMAND", help="the command that trained it")
+    reference.add_argument("name", nargs="?", help="reference/NAME.pt (default: the recipe's name)")
+    reference.set_defaults(run=run_reference)
+    trial = commands.add_parser("trial", help="train a recipe variant; report validation figures only")
+    trial.add_argument("recipe")
+    trial.add_argument("changes", nargs="*", metavar="KEY=VALUE")
+    trial.add_argument("--smoke", action="store_true", help="a few thousand images, 2 epochs")
+    trial.add_argument("--out", type=Path, help="checkpoints and runs under this folder")
+    trial.set_defaults(run=run_trial)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m machinery.tools`; returns the exit status."""
+    args = make_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ValueError as e:  # a bad KEY=VALUE, an unknown recipe: one line, as the student CLI does
+        print(f"error: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,70 @@
+"""Choosing and shipping recipes: `trial` trains a variant and reports validation figures only;
+`reference` ships a trained checkpoint to reference/ with its test figures and how it was made."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+import helpers
+from ..basics import CHECKPOINTS, REFERENCE, REPO_ROOT, RUNS_ROOT
+from ..recipes import Recipe, checkpoint_paths
+
+
+def make_reference(checkpoint: Path, command: str, minutes: float, name: str | None = None) -> Path:
+    """Copy a trained checkpoint to reference/NAME.pt (NAME: the recipe's) with its test figures
+    and how it was made; the training state of a last checkpoint is left out."""
+    device = torch.device("cpu")
+    model, meta = helpers.load_checkpoint(checkpoint, device)
+    _, _, test_set = helpers.load_datasets(helpers.course_settings(smoke=False))
+    test_loss, test_accuracy = helpers.evaluate(model, helpers.make_loader(test_set, 1000), torch.nn.CrossEntropyLoss(), device)
+    reference = {"test_accuracy": test_accuracy, "test_loss": test_loss, "command": command,
+                 "machine": helpers.machine(), "training_minutes": round(minutes, 1)}
+    recipe = Recipe.from_dict(meta["settings"]) if meta.get("settings") else None
+    path = REFERENCE / f"{name or (recipe.name if recipe else meta['model'])}.pt"
+    helpers.save_checkpoint(path, model, recipe=recipe, epoch=meta.get("epoch"), metrics=meta.get("metrics"),
+                            extra={"reference": reference})
+    print(f"wrote {path.relative_to(REPO_ROOT)}: test accuracy {test_accuracy:.2%}, loss {test_loss:.4f}")
+    return path
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """Settings changes written KEY=VALUE: values read as JSON (25, 0.1, true), otherwise as text (adamw)."""
+    known = [f.name for f in dataclasses.fields(Recipe) if f.name != "name"]
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in known:
+            raise ValueError(f"{pair!r} is not KEY=VALUE with KEY one of the settings: {', '.join(known)}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+def trial(recipe: str, overrides: dict, smoke: bool | None = None, out: Path | None = None) -> dict:
+    """Train a recipe with some settings changed; report validation figures only.
+
+    This is how the course's recipes were chosen: the test set is never evaluated here, so a
+    choice made from these figures cannot overfit it. The run's TensorBoard log goes to
+    runs/trial-..., its best and last checkpoints to checkpoints/trial-... (resumable with
+    `python helpers.py train --resume`; shippable with `reference` once RECIPES adopts it);
+    out=DIR puts both under DIR instead.
+    """
+    if overrides.get("final_fit"):
+        raise ValueError("a trial is judged on the validation images, and a final fit trains on them: "
+                         "choose the recipe with trials, then train it with python helpers.py train --final-fit")
+    name = "-".join(["trial", recipe, *(f"{key}{value}" for key, value in overrides.items())])
+    settings = dataclasses.replace(helpers.course_settings(smoke=smoke, recipe=recipe, **overrides), name=name)
+    best_path, last_path = checkpoint_paths(settings, out or CHECKPOINTS, name)  # smoke: -smoke
+    train_set, valid_set, _ = helpers.load_datasets(settings)
+    _, history, minutes = helpers.train_run(settings, train_set, valid_set, helpers.pick_device(),
+                                            run_dir=(out / "runs" if out else RUNS_ROOT) / best_path.stem,
+                                            best_path=best_path, last_path=last_path)
+    return {"recipe": recipe, "overrides": overrides, "epochs": history.epochs,
+            "valid_accuracy_last": history.valid_accuracy[-1], "valid_accuracy_best": max(history.valid_accuracy),
+            "minutes": round(minutes, 1), "last_checkpoint": str(last_path), "machine": helpers.machine()}
+
