@@ -16,7 +16,6 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset, random_split
 from torchvision import datasets, transforms
 
-# The machinery below this file; notebooks import the names marked noqa from helpers, by name.
 from machinery.basics import (CHECKPOINTS, CLASSES, DATA_ROOT, REFERENCE, REPO_ROOT, RUNS_ROOT,  # noqa: F401
                               CheckpointError, CourseError, DatasetError, course_checkpoint, machine,
                               pick_device, smoke_mode)
@@ -196,7 +195,7 @@ def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module,
 
 
 class EarlyStopping:
-    """Stop when the validation loss has not improved for `patience` epochs in a row."""
+    """Stop when the validation loss has not improved for `patience` epochs in a row (a tie is no improvement)."""
 
     def __init__(self, patience: int = 7) -> None:
         self.patience = patience
@@ -220,7 +219,7 @@ class History:
     valid_accuracy: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
-    best_epoch: int = 0
+    best_epoch: int = 0             # the best validation accuracy's epoch (of a tie, the earlier one)
     stopped_early: bool = False
     interrupted: bool = False
 
@@ -367,7 +366,8 @@ def make_eval_loader(recipe: Recipe, dataset: Dataset, device: torch.device):
 
 def make_training(recipe: Recipe, device: torch.device, steps_per_epoch: int) -> tuple:
     """A fresh network (channels-last on the fast path), its optimizer, scheduler and loss."""
-    model = build_model(recipe.model).to(device, memory_format=torch.channels_last if recipe.fast else torch.preserve_format)
+    layout = torch.channels_last if recipe.fast else torch.preserve_format  # channels-last: faster convolutions
+    model = build_model(recipe.model).to(device, memory_format=layout)
     if recipe.compile:
         compile_model(model, device)
     optimizer = make_optimizer(model, recipe)
@@ -383,14 +383,14 @@ def train_run(recipe: Recipe, train_set: Dataset, valid_set: Dataset, device: to
     generator = seed_everything(recipe.seed)
     train_loader = make_train_loader(recipe, train_set, generator, device)
     model, optimizer, scheduler, loss_fn = make_training(recipe, device, len(train_loader))
-    log(f"recipe {recipe.name}: {recipe.model} ({count_parameters(model):,} parameters) on {device}, {len(train_set):,} "
-        f"train / {len(valid_set):,} valid images, up to {recipe.epochs} epochs; TensorBoard run {Path(run_dir).name}")
-    early_stopping = EarlyStopping(recipe.stop_patience) if recipe.schedule == "plateau" else None  # one-cycle: fixed length
+    log(f"recipe {recipe.name}: {recipe.model} ({count_parameters(model):,} parameters) on {device}, {len(train_set):,}"
+        f" train / {len(valid_set):,} valid images, up to {recipe.epochs} epochs; TensorBoard run {Path(run_dir).name}")
+    early_stopping = EarlyStopping(recipe.stop_patience) if recipe.schedule == "plateau" else None  # one-cycle: fixed
     start = time.perf_counter()
     with SummaryWriter(run_dir) as writer:
-        history = fit(model, train_loader, make_eval_loader(recipe, valid_set, device), recipe=recipe, loss_fn=loss_fn,
-                      optimizer=optimizer, device=device, scheduler=scheduler, writer=writer, early_stopping=early_stopping,
-                      best_path=best_path, last_path=last_path, resume=resume, log=log)
+        history = fit(model, train_loader, make_eval_loader(recipe, valid_set, device), recipe=recipe,
+                      loss_fn=loss_fn, optimizer=optimizer, device=device, scheduler=scheduler, writer=writer,
+                      early_stopping=early_stopping, best_path=best_path, last_path=last_path, resume=resume, log=log)
     return model, history, (time.perf_counter() - start) / 60
 
 

@@ -1,14 +1,16 @@
-"""The course's machinery: everything students never need to read, split by role.
+"""The course's machinery: everything students never need to read, one module per role.
 
 `helpers.py` (at the repository root) is the course's teaching code; this package holds what it
-stands on and what stands on it. The layers, lowest first -- a module imports only from layers
-below its own, and nothing below `helpers` imports it (tests/test_layout.py checks this):
+stands on and what stands on it. The layers, lowest first: a module imports only from its own
+layer or below, so there is no import cycle (tests/test_layout.py checks both):
 
-    basics                      paths, class names, errors, smoke mode, the machine line
-    dataset, recipes, fast_path, checkpoint_file, photos, figures
-    resume, tensorboard_log     (on checkpoint_file / figures)
-    -- helpers.py: data, networks, the loop, prediction, checkpoints --
-    runs                        a recipe trained end to end (the command line's `train`)
-    cli                         `python helpers.py train | evaluate | bench`
-    tools                       instructor tools: `python -m machinery.tools --help`
+    basics                     where files live, class names, errors, smoke mode, the device
+    dataset, recipes, fast_path, checkpoint_file, photos, figures, networks
+    resume, tensorboard_log    exact resume; the end-of-run TensorBoard summary and readers
+    --- helpers.py: data, networks, the loop, prediction, checkpoints ---
+    runs, bench                a recipe trained end to end; the speed benchmark
+    cli                        `python helpers.py train | evaluate | bench`
+    tools                      instructor tools: `python -m machinery.tools --help`
+
+`import helpers` loads the layers below it and nothing above.
 """

@@ -147,3 +147,24 @@ def test_loaders_have_the_course_lengths(data_root):
     assert [len(loader) for loader in loaders] == [3125, 625, 625]
     images, labels = next(iter(loaders[0]))
     assert images.shape == (16, 1, 28, 28) and labels.shape == (16,)
+
+
+def test_the_course_split_is_pinned_by_a_fingerprint():
+    """Every student, stored output and reference checkpoint uses this validation set: a changed
+    split seed or split method would silently give everyone different images."""
+    _, valid = helpers.split_train_valid(list(range(60_000)))
+    assert list(valid.indices[:5]) == [59753, 9414, 10988, 15501, 49861]
+    assert hashlib.sha256(str(list(valid.indices)).encode()).hexdigest()[:16] == "4603f175cf318a7e"
+
+
+def test_a_shuffled_loader_changes_the_order_reproducibly_from_its_seed():
+    numbers = torch.utils.data.TensorDataset(torch.arange(100))
+
+    def order(**kwargs) -> list[int]:
+        return torch.cat([batch for (batch,) in helpers.make_loader(numbers, 16, **kwargs)]).tolist()
+
+    assert order() == list(range(100))
+    shuffled = order(shuffle=True, generator=torch.Generator().manual_seed(0))
+    assert shuffled != list(range(100)) and sorted(shuffled) == list(range(100))
+    assert order(shuffle=True, generator=torch.Generator().manual_seed(0)) == shuffled
+    assert order(shuffle=True, generator=torch.Generator().manual_seed(1)) != shuffled

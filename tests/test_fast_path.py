@@ -158,3 +158,14 @@ def test_sprint_short_run_reports_a_few_epochs_at_a_forced_precision(small_sets,
     result = measure.short_run(settings, None, small_sets[0], small_sets[2], cpu, epochs=1)
     assert result["label"] == "improved, 1 of 2 epochs, None"
     assert 0 < result["train_loss"] < 5 and 0 <= result["test_accuracy"] <= 1 and result["seconds"] > 0
+
+
+def test_evaluation_never_augments_on_either_path(small_sets, cpu):
+    """The improved recipe augments its training batches; its validation and test batches must be
+    the images themselves, the same every time."""
+    _, valid, _ = small_sets
+    plain = torch.cat([x for x, _ in helpers.make_loader(valid, 1000)])
+    for recipe in ("improved", "original"):
+        loader = helpers.make_eval_loader(helpers.course_settings(smoke=True, recipe=recipe), valid, cpu)
+        first_pass, second_pass = (torch.cat([x for x, _ in loader]) for _ in range(2))
+        assert torch.equal(first_pass, second_pass) and torch.equal(first_pass, plain), recipe

@@ -30,12 +30,43 @@ def test_a_photo_of_a_real_garment_comes_back_close_to_the_original(small_sets, 
         assert correlation > 0.85, (index, correlation)
 
 
+def test_a_photo_under_uneven_light_keeps_a_black_background(small_sets, tmp_path):
+    """A background that darkens from one side to the other (a lamp, a shadow) must end up black,
+    as Fashion-MNIST's is: the brightest part of the border sets the floor, not the darkest."""
+    _, _, test_set = small_sets
+    image, _ = test_set[0]
+    even = Image.open(as_photo(image, tmp_path / "even.png", mode="L"))
+    shade = np.linspace(1.0, 0.75, even.width)[None, :]  # the right side a quarter darker
+    Image.fromarray(np.uint8(np.asarray(even, dtype=np.float32) * shade)).save(tmp_path / "uneven.png")
+    loaded = helpers.load_photo(tmp_path / "uneven.png")
+    assert np.corrcoef(loaded.flatten(), image.flatten())[0, 1] > 0.85
+    assert loaded[image == 0].mean() < 0.05  # where the dataset's image is background, so is ours
+
+
+def test_a_phone_photo_stored_sideways_is_turned_upright(small_sets, tmp_path):
+    """Phones store a rotated picture as upright pixels plus an orientation tag (EXIF 6: turn it 90
+    degrees clockwise to view): load_photo must follow the tag, as a photo viewer does."""
+    _, _, test_set = small_sets
+    image, _ = test_set[1]  # a pullover: not the same when turned sideways
+    upright = Image.open(as_photo(image, tmp_path / "upright.png", mode="L"))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.jpg", exif=exif, quality=95)
+    loaded = helpers.load_photo(tmp_path / "sideways.jpg")
+    assert np.corrcoef(loaded.flatten(), image.flatten())[0, 1] > 0.85
+    assert np.corrcoef(loaded.flatten(), image.rot90(1, (1, 2)).flatten())[0, 1] < 0.8  # not left sideways
+
+
 def test_transparent_png_and_light_on_dark_images(tmp_path):
     rgba = Image.new("RGBA", (300, 200), (0, 0, 0, 0))            # transparent background
     rgba.paste((40, 30, 120, 255), (50, 75, 250, 125))             # an opaque dark-blue band
     rgba.save(tmp_path / "cutout.png")
     loaded = helpers.load_photo(tmp_path / "cutout.png")
     assert loaded[0, 14, 14] > 0.5 and loaded[0, 0, 14] < 0.05      # light garment, dark margins
+    rgba.paste((170, 170, 170, 255), (50, 75, 150, 125))           # its left half a lighter grey
+    rgba.save(tmp_path / "two-tone.png")
+    loaded = helpers.load_photo(tmp_path / "two-tone.png")          # transparency reads as a white
+    assert loaded[0, 14, 21] > loaded[0, 14, 7] + 0.3               # background: the darker half is brighter
 
     dark = Image.new("L", (50, 90), 0)
     dark.paste(220, (10, 10, 40, 80))                              # already Fashion-MNIST style

@@ -113,3 +113,58 @@ def test_killed_training_process_leaves_loadable_checkpoints_and_resumes(tmp_pat
     assert helpers.load_checkpoint(last)[1]["epoch"] == 2
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1  # the resumed run continued in the same TensorBoard run
+
+
+# Scripted validation figures, by epoch: the loss improves to 0.8 at epoch 3, ties it at epoch 4
+# (not an improvement) and then drifts up; the accuracy peaks at 0.7 in epoch 3 and ties it at
+# epoch 4 (the earlier epoch stays the best). So the plateau scheduler cuts the rate after epoch 8
+# (its 5th epoch without progress), early stopping ends the run at epoch 10 (its 7th), and epoch 3
+# holds the best checkpoint. A resume after epoch 5 must repeat every one of these decisions.
+SCRIPTED_LOSS = [1.0, 0.9, 0.8, 0.8, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.91, 0.92, 0.93, 0.94]
+SCRIPTED_ACCURACY = [0.5, 0.6, 0.7, 0.7, 0.65, 0.66, 0.67, 0.68, 0.69, 0.69, 0.69, 0.69, 0.69, 0.69]
+
+
+def scripted_evaluate(first_epoch: int):
+    """helpers.evaluate replaced by the scripted figures, starting at `first_epoch`."""
+    epochs = iter(range(first_epoch - 1, len(SCRIPTED_LOSS)))
+
+    def evaluate(*args, **kwargs):
+        epoch = next(epochs)
+        return SCRIPTED_LOSS[epoch], SCRIPTED_ACCURACY[epoch]
+    return evaluate
+
+
+def test_a_resumed_original_recipe_repeats_the_drops_the_stop_and_the_best_checkpoint(small_sets, small_settings,
+                                                                                       tmp_path, monkeypatch):
+    train_set, valid_set, test_set = small_sets
+    tiny = (helpers.first(train_set, 64), helpers.first(valid_set, 32), test_set)  # 2 steps an epoch
+    monkeypatch.setattr(helpers, "evaluate", scripted_evaluate(1))
+    straight, straight_history, _ = small_run(tiny, small_settings, tmp_path / "a", epochs=30,
+                                              best_path=tmp_path / "a" / "best.pt", last_path=tmp_path / "a" / "last.pt")
+    assert straight_history.epochs == 10 and straight_history.stopped_early and straight_history.best_epoch == 3
+    assert straight_history.lr == [1e-3] * 8 + [pytest.approx(1e-4)] * 2
+
+    paths = dict(best_path=tmp_path / "b" / "best.pt", last_path=tmp_path / "b" / "last.pt")
+    monkeypatch.setattr(helpers, "evaluate", scripted_evaluate(1))
+    small_run(tiny, small_settings, tmp_path / "b", epochs=5, **paths)  # "interrupted" after epoch 5
+    monkeypatch.setattr(helpers, "evaluate", scripted_evaluate(6))
+    resumed, resumed_history, lines = small_run(tiny, small_settings, tmp_path / "b", epochs=30,
+                                                resume=paths["last_path"], **paths)
+    for field in ("lr", "valid_loss", "valid_accuracy", "train_loss", "best_epoch", "stopped_early"):
+        assert getattr(resumed_history, field) == getattr(straight_history, field), field
+    assert helpers.load_checkpoint(paths["best_path"])[1]["epoch"] == 3  # epochs 6-10 never beat it
+    assert helpers.load_checkpoint(paths["last_path"])[1]["epoch"] == 10
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert any("learning rate reduced" in line for line in lines) and "early stop" in lines[-1]
+
+
+def test_resuming_a_run_that_stopped_early_trains_no_more(small_sets, small_settings, tmp_path, monkeypatch):
+    train_set, valid_set, test_set = small_sets
+    tiny = (helpers.first(train_set, 64), helpers.first(valid_set, 32), test_set)
+    monkeypatch.setattr(helpers, "evaluate", scripted_evaluate(1))
+    small_run(tiny, small_settings, tmp_path, epochs=30, last_path=tmp_path / "last.pt")
+    _, history, lines = small_run(tiny, small_settings, tmp_path, epochs=30, resume=tmp_path / "last.pt")
+    assert history.epochs == 10 and history.stopped_early
+    assert lines == [f"resumed from {tmp_path / 'last.pt'} after epoch 10: that run had already stopped early, "
+                     f"nothing left to do"]

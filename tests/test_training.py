@@ -110,3 +110,38 @@ def test_pick_device_rejects_unknown_devices():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             helpers.pick_device("cuda")
+
+
+def test_an_equal_validation_loss_is_no_improvement():
+    """A tie does not reset early stopping's counter (nor, in fit, move the best checkpoint: see
+    test_resume's scripted run, where epoch 4 ties epoch 3's accuracy and epoch 3 stays the best)."""
+    stopper = helpers.EarlyStopping(patience=2)
+    assert [stopper.step(loss) for loss in (0.5, 0.5, 0.5)] == [False, False, True]
+    assert stopper.best_loss == 0.5
+
+
+def test_the_epoch_loss_is_the_mean_per_image_when_the_last_batch_is_smaller(cpu):
+    torch.manual_seed(0)
+    images, labels = torch.rand(10, 1, 28, 28), torch.randint(0, 10, (10,))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))  # no dropout: the same loss every call
+    loader = helpers.make_loader(torch.utils.data.TensorDataset(images, labels), 4)  # batches of 4, 4, 2
+    frozen = torch.optim.SGD(model.parameters(), lr=0.0)  # the weights stay as they are
+    epoch_loss = helpers.train_one_epoch(model, loader, nn.CrossEntropyLoss(), frozen, cpu)
+    with torch.no_grad():
+        per_image = nn.functional.cross_entropy(model(images), labels).item()
+        mean_of_batch_means = sum(nn.functional.cross_entropy(model(x), y).item() for x, y in loader) / 3
+    assert epoch_loss == pytest.approx(per_image, rel=1e-6)
+    assert epoch_loss != pytest.approx(mean_of_batch_means, rel=1e-6)  # the two really differ here
+
+
+def test_evaluate_records_no_autograd_graph(small_sets, cpu):
+    grad_modes = []
+
+    class Spy(nn.Module):
+        def forward(self, x):
+            grad_modes.append(torch.is_grad_enabled())
+            return torch.zeros(len(x), 10)
+
+    _, valid_set, _ = small_sets
+    helpers.evaluate(Spy(), helpers.make_loader(valid_set, 128), nn.CrossEntropyLoss(), cpu)
+    assert grad_modes and not any(grad_modes)

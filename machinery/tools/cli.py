@@ -83,6 +83,13 @@ def run_trial(args) -> int:
     return 0
 
 
+def run_mutate(args) -> int:
+    from .mutations import mutate
+    report = mutate(args.only)
+    print(json.dumps(report))
+    return 0 if not report["survivors"] else 1
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The parser of `python -m machinery.tools`."""
     parser = ToolsParser(prog="machinery.tools", description="Instructor tools for the Fashion-MNIST course.")
@@ -115,6 +122,10 @@ def make_parser() -> argparse.ArgumentParser:
     trial.add_argument("--smoke", action="store_true", help="a few thousand images, 2 epochs")
     trial.add_argument("--out", type=Path, help="checkpoints and runs under this folder")
     trial.set_defaults(run=run_trial)
+    mutate = commands.add_parser("mutate", help="put named one-line bugs into a copy of the course, one at a "
+                                 "time, and check that the tests catch each (minutes)")
+    mutate.add_argument("only", nargs="*", metavar="WORD", help="only the mutants whose names contain a WORD")
+    mutate.set_defaults(run=run_mutate)
     return parser
 
 
