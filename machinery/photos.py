@@ -44,7 +44,7 @@ def load_photo(path: Path | str) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)  # phones store rotation as metadata
-            img = img.convert("RGBA")
+            img = eight_bit(img).convert("RGBA")
     except UnidentifiedImageError:
         raise ValueError(f"{path} is not an image that can be read (PNG or JPEG expected)") from None
     except (OSError, ValueError) as e:  # a truncated or damaged image file
@@ -69,3 +69,15 @@ def load_photo(path: Path | str) -> torch.Tensor:
     small = Image.fromarray(np.uint8(square * 255)).resize((28, 28), Image.Resampling.LANCZOS)
     return torch.from_numpy(np.asarray(small, dtype=np.float32) / 255).unsqueeze(0)
 
+
+def eight_bit(img):
+    """A 16- or 32-bit grayscale image (as scanners and editors save) scaled to 8 bits, not clipped.
+
+    Pillow's convert() clips such pixels at 255, which turns a 16-bit photo almost pure white.
+    """
+    from PIL import Image
+    if img.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return img
+    pixels = np.asarray(img, dtype=np.float64)
+    top = 65535 if img.mode.startswith("I;16") or pixels.max() > 255 else 255  # "I" may hold 8-bit values too
+    return Image.fromarray(np.uint8(np.clip(np.round(pixels / top * 255), 0, 255)), mode="L")

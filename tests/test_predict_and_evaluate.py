@@ -57,6 +57,18 @@ def test_a_phone_photo_stored_sideways_is_turned_upright(small_sets, tmp_path):
     assert np.corrcoef(loaded.flatten(), image.rot90(1, (1, 2)).flatten())[0, 1] < 0.8  # not left sideways
 
 
+def test_a_16_bit_grayscale_png_reads_like_its_8_bit_copy(small_sets, tmp_path):
+    """Scanners and image editors save 16-bit grayscale; Pillow's convert() would clip it to white."""
+    _, _, test_set = small_sets
+    image, _ = test_set[2]
+    eight = Image.open(as_photo(image, tmp_path / "eight.png", mode="L"))
+    sixteen = np.asarray(eight, dtype=np.uint16) * 257  # 0-255 -> 0-65535
+    Image.fromarray(sixteen).save(tmp_path / "sixteen.png")
+    assert Image.open(tmp_path / "sixteen.png").mode.startswith("I")
+    loaded_16, loaded_8 = helpers.load_photo(tmp_path / "sixteen.png"), helpers.load_photo(tmp_path / "eight.png")
+    assert torch.allclose(loaded_16, loaded_8, atol=1 / 255)
+
+
 def test_transparent_png_and_light_on_dark_images(tmp_path):
     rgba = Image.new("RGBA", (300, 200), (0, 0, 0, 0))            # transparent background
     rgba.paste((40, 30, 120, 255), (50, 75, 250, 125))             # an opaque dark-blue band

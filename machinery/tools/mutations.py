@@ -113,6 +113,8 @@ MUTANTS = [
     Mutant("photo not cropped to the garment", "machinery/photos.py",
            "garment = gray[rows.min():rows.max() + 1, cols.min():cols.max() + 1]", "garment = gray", PREDICT),
     Mutant("photo rotation metadata ignored", "machinery/photos.py", "img = ImageOps.exif_transpose(img)", "pass", PREDICT),
+    Mutant("16-bit photo clipped to white", "machinery/photos.py", 'img = eight_bit(img).convert("RGBA")',
+           'img = img.convert("RGBA")', PREDICT),
     Mutant("transparent pixels become black", "machinery/photos.py", 'Image.new("RGBA", img.size, "white")',
            'Image.new("RGBA", img.size, "black")', PREDICT),
 ]
