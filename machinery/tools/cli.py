@@ -114,7 +114,7 @@ def make_parser() -> argparse.ArgumentParser:
     reference.add_argument("checkpoint", type=Path)
     reference.add_argument("minutes", type=float, help="how long it trained")
     reference.add_argument("command_line", metavar="COMMAND", help="the command that trained it")
-    reference.add_argument("name", nargs="?", help="reference/NAME.pt (default: the recipe's name)")
+    reference.add_argument("name", nargs="?", help="reference/NAME.pt (default: the recipe's name; the network's for an older checkpoint)")
     reference.set_defaults(run=run_reference)
     trial = commands.add_parser("trial", help="train a recipe variant; report validation figures only")
     trial.add_argument("recipe")

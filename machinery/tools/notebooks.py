@@ -98,7 +98,7 @@ def lint(path: Path) -> list[str]:
     if len(cells) < 2 or cells[0]["cell_type"] != "markdown" or badge(path) not in source(cells[0]):
         problems.append("first cell is not the title with this notebook's Open-in-Colab badge")
     if len(cells) < 2 or cells[1]["cell_type"] != "code" or source(cells[1]) != SETUP_CELL:
-        problems.append("second cell is not the setup cell (run: python course_tools.py sync)")
+        problems.append("second cell is not the setup cell (run: python -m machinery.tools sync)")
     code = [c for c in cells if c["cell_type"] == "code"]
     counts = [c.get("execution_count") for c in code]
     if counts != list(range(1, len(code) + 1)):

@@ -14,8 +14,9 @@ from ..recipes import Recipe, checkpoint_paths
 
 
 def make_reference(checkpoint: Path, command: str, minutes: float, name: str | None = None) -> Path:
-    """Copy a trained checkpoint to reference/NAME.pt (NAME: the recipe's) with its test figures
-    and how it was made; the training state of a last checkpoint is left out."""
+    """Copy a trained checkpoint to reference/NAME.pt (NAME: the recipe's; the network's for a checkpoint
+    older than recipe names) with its test figures and how it was made; the training state of a last
+    checkpoint is left out."""
     device = torch.device("cpu")
     model, meta = helpers.load_checkpoint(checkpoint, device)
     _, _, test_set = helpers.load_datasets(helpers.course_settings(smoke=False))
@@ -23,7 +24,7 @@ def make_reference(checkpoint: Path, command: str, minutes: float, name: str | N
     reference = {"test_accuracy": test_accuracy, "test_loss": test_loss, "command": command,
                  "machine": helpers.machine(), "training_minutes": round(minutes, 1)}
     recipe = Recipe.from_dict(meta["settings"]) if meta.get("settings") else None
-    path = REFERENCE / f"{name or (recipe.name if recipe else meta['model'])}.pt"
+    path = REFERENCE / f"{name or meta.get('recipe') or meta['model']}.pt"
     helpers.save_checkpoint(path, model, recipe=recipe, epoch=meta.get("epoch"), metrics=meta.get("metrics"),
                             extra={"reference": reference})
     print(f"wrote {path.relative_to(REPO_ROOT)}: test accuracy {test_accuracy:.2%}, loss {test_loss:.4f}")
