@@ -1,4 +1,5 @@
 """The notebooks: lint rules, and the setup cell in Colab (offline) and locally."""
+import json
 import os
 import shutil
 import subprocess
@@ -52,8 +53,9 @@ def run_setup_cell(cwd: Path, env: dict, pythonpath: list[Path] = ()) -> subproc
                           text=True, timeout=120)
 
 
-def test_setup_cell_in_colab_fetches_the_course_offline(tmp_path):
-    # A stand-in for the course repository on GitHub: a local git repository with a main branch.
+def course_origin(tmp_path: Path) -> tuple[Path, str]:
+    """A stand-in for the course repository on GitHub: the course tagged v-test, then a later commit
+    on main that breaks helpers.py -- so a notebook that fetched main instead of its tag would fail."""
     origin = tmp_path / "origin"
     origin.mkdir()
     shutil.copy(helpers.REPO_ROOT / "helpers.py", origin / "helpers.py")
@@ -64,21 +66,88 @@ def test_setup_cell_in_colab_fetches_the_course_offline(tmp_path):
     subprocess.run(git[:-2] + ["init", "--quiet", "--initial-branch=main", str(origin)], check=True)
     subprocess.run(git + ["add", "."], check=True)
     subprocess.run(git + ["commit", "--quiet", "-m", "course"], check=True)
-    # A stand-in for Colab: the google.colab module exists, the notebook's folder is empty.
+    subprocess.run(git + ["tag", "v-test"], check=True)
+    tagged = subprocess.run(git + ["rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    (origin / "helpers.py").write_text("raise ImportError('the moving branch, not the version asked for')\n")
+    subprocess.run(git + ["commit", "--quiet", "-am", "later"], check=True)
+    return origin, tagged
+
+
+def fake_colab(tmp_path: Path) -> tuple[list[Path], Path]:
+    """A stand-in for Colab: the google.colab module exists, and /content is an empty folder."""
     fake = tmp_path / "site" / "google" / "colab"
     fake.mkdir(parents=True)
     (fake.parent / "__init__.py").write_text("")
     (fake / "__init__.py").write_text("")
     content = tmp_path / "content"
     content.mkdir()
-    result = run_setup_cell(content, {"FMNIST_COURSE_REPO": origin.as_uri()}, [tmp_path / "site"])
+    return [tmp_path / "site"], content
+
+
+@pytest.mark.parametrize("version", ["tag", "commit"])
+def test_setup_cell_in_colab_fetches_the_notebooks_version_offline(tmp_path, version):
+    origin, tagged = course_origin(tmp_path)
+    site, content = fake_colab(tmp_path)
+    ref = "v-test" if version == "tag" else tagged
+    result = run_setup_cell(content, {"FMNIST_COURSE_REPO": origin.as_uri(), "FMNIST_COURSE_REF": ref}, site)
     assert result.returncode == 0, result.stderr
     helpers_file, cwd = result.stdout.split()
     assert Path(helpers_file) == content / "fashion-mnist-cnn" / "helpers.py"
     assert Path(cwd) == content / "fashion-mnist-cnn" / "notebooks"
-    # Running the cell again (Colab re-runs it) must not clone a second time.
-    again = run_setup_cell(content, {"FMNIST_COURSE_REPO": "file:///nonexistent"}, [tmp_path / "site"])
+    # Running the cell again (Colab re-runs it) must not fetch a second time.
+    again = run_setup_cell(content, {"FMNIST_COURSE_REPO": "file:///nonexistent"}, site)
     assert again.returncode == 0, again.stderr
+
+
+def test_setup_cell_says_in_one_line_what_to_do_when_the_course_cannot_be_fetched(tmp_path):
+    site, content = fake_colab(tmp_path)
+    env = {"FMNIST_COURSE_REPO": (tmp_path / "nowhere").as_uri(), "FMNIST_COURSE_REF": "v-test"}
+    result = run_setup_cell(content, env, site)
+    assert result.returncode != 0
+    assert "CourseNotFound: could not fetch" in result.stderr and "fashion-mnist-cnn.zip" in result.stderr
+    assert "CalledProcessError" not in result.stderr
+    assert not (content / "fashion-mnist-cnn").exists()  # no half-made folder to trip the next attempt
+    # In Jupyter (IPython), the error is that one line, not a traceback.
+    cell = "import google.colab\n" + course_notebooks.SETUP_CELL
+    shell = subprocess.run([sys.executable, "-m", "IPython", "--quick", "--colors=NoColor", "-c", cell],
+                           cwd=content, env={**os.environ, **env, "PYTHONPATH": str(site[0])},
+                           capture_output=True, text=True, timeout=120)
+    output = (shell.stdout + shell.stderr).strip().splitlines()
+    assert output and output[-1].startswith("CourseNotFound: could not fetch"), output
+    assert not any("Traceback" in line or "File " in line for line in output), output
+
+
+def test_setup_cell_in_colab_unpacks_the_course_archive(tmp_path):
+    site, content = fake_colab(tmp_path)
+    course_notebooks.build_archive(content / course_notebooks.ARCHIVE_NAME)  # what `archive` builds
+    result = run_setup_cell(content, {"FMNIST_COURSE_REPO": "file:///nonexistent"}, site)  # no repository at all
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.split()[0]) == content / "fashion-mnist-cnn" / "helpers.py"
+
+
+def test_publish_stamps_the_address_into_every_badge_and_setup_cell(tmp_path, monkeypatch):
+    monkeypatch.setattr(course_notebooks, "ADDRESS_FILE", tmp_path / "course_address.json")
+    copies = []
+    for path in NOTEBOOKS[:2]:
+        copies.append(tmp_path / path.name)
+        shutil.copy(path, copies[-1])
+    changed = course_notebooks.publish("https://github.com/my-school/fmnist.git", "term-2027", copies)
+    assert changed == copies
+    assert json.loads((tmp_path / "course_address.json").read_text()) == {
+        "repository": "https://github.com/my-school/fmnist.git", "version": "term-2027"}
+    for path in copies:
+        cells = json.loads(path.read_text())["cells"]
+        title, setup = "".join(cells[0]["source"]), "".join(cells[1]["source"])
+        assert f"colab.research.google.com/github/my-school/fmnist/blob/term-2027/notebooks/{path.name}" in title
+        assert '"https://github.com/my-school/fmnist.git")' in setup and '"term-2027")' in setup
+    assert course_notebooks.publish("https://github.com/my-school/fmnist.git", "term-2027", copies) == []
+    for bad in (("https://github.com/my-school/fmnist.git", "main"), ("my-school/fmnist", "v1")):
+        with pytest.raises(ValueError):
+            course_notebooks.publish(*bad, copies)
+
+
+def test_the_course_is_published_at_a_fixed_version():
+    assert course_notebooks.ADDRESS["version"] not in ("main", "master", "HEAD")
 
 
 def test_setup_cell_locally_finds_the_repository_root(tmp_path):

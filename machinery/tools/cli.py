@@ -30,6 +30,21 @@ def run_sync(args) -> int:
     return 0
 
 
+def run_publish(args) -> int:
+    from .notebooks import ADDRESS_FILE, notebook_paths, publish
+    changed = publish(args.repository, args.version, notebook_paths())
+    print(f"{ADDRESS_FILE.name}: {args.repository} at {args.version}; {len(changed)} notebooks stamped")
+    print(f"next: git commit -am 'Publish {args.version}' && git tag {args.version} && git push origin HEAD {args.version}")
+    return 0
+
+
+def run_archive(args) -> int:
+    from .notebooks import build_archive
+    path = build_archive(args.output)
+    print(f"wrote {path} (the course as committed at HEAD): upload it to Colab's Files panel or to My Drive")
+    return 0
+
+
 def run_lint(args) -> int:
     from .notebooks import lint
     bad = {path.name: problems for path in notebook_list(args.notebooks) if (problems := lint(path))}
@@ -100,6 +115,15 @@ def make_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="file names in notebooks/ (default: all)")
         sub.set_defaults(run=run)
+    publish = commands.add_parser("publish", help="record where the course is published and stamp it into "
+                                  "every badge and setup cell")
+    publish.add_argument("repository", help="the course's repository, e.g. https://github.com/OWNER/fashion-mnist-cnn.git")
+    publish.add_argument("version", help="the tag (or commit) the notebooks fetch in Colab, e.g. v1.0")
+    publish.set_defaults(run=run_publish)
+    archive = commands.add_parser("archive", help="the committed course as one zip, for a class without a "
+                                  "public repository")
+    archive.add_argument("-o", "--output", type=Path, default=Path("fashion-mnist-cnn.zip"))
+    archive.set_defaults(run=run_archive)
     bench = commands.add_parser("bench", help="training images/s: the original recipe vs the fast path")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--compile", action="store_true", help="also time the compiled fast path (always on a GPU)")

@@ -1,7 +1,9 @@
 """The notebooks as an instructor handles them: the Colab badge and setup cell stamped into each
 one (`sync`), the rules a committed notebook must meet (`lint`), and a full re-run (`execute`).
 
-The course repository's address lives here, in REPO_URL, and nowhere else.
+Where the course is published -- the repository's address and the version (a tag or a commit) --
+is written once, in course_address.json; `python -m machinery.tools publish` changes it and stamps
+every notebook.
 """
 from __future__ import annotations
 
@@ -16,28 +18,50 @@ from pathlib import Path
 from ..basics import REPO_ROOT
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
-REPO_URL = "https://github.com/fmnist-course/fashion-mnist-cnn"  # the one place it is written
-REPO_REF = "main"  # the branch or tag these notebooks belong to: Colab fetches helpers.py from it
+ADDRESS_FILE = Path(__file__).with_name("course_address.json")  # the one place the address is written
+ADDRESS = json.loads(ADDRESS_FILE.read_text())  # {"repository": "https://...", "version": "v1.0"}
+ARCHIVE_NAME = "fashion-mnist-cnn.zip"  # for a class without a public repository (`archive`)
 NAME_PATTERN = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
 
-SETUP_CELL = f'''\
+
+def setup_cell(repository: str, version: str) -> str:
+    """The first code cell of every notebook: helpers.py importable in Colab and in Jupyter alike."""
+    return f'''\
 # Setup: make the course's helpers.py importable, in Colab and in Jupyter alike.
-import os, subprocess, sys, time
+import os, shutil, subprocess, sys, time, zipfile
 from pathlib import Path
 
 notebook_start = time.perf_counter()
-COURSE_REPO = os.environ.get("FMNIST_COURSE_REPO", "{REPO_URL}.git")
-COURSE_REF = "{REPO_REF}"  # the version of the course this notebook belongs to
+COURSE_REPO = os.environ.get("FMNIST_COURSE_REPO", "{repository}")
+COURSE_REF = os.environ.get("FMNIST_COURSE_REF", "{version}")  # the version these notebooks belong to
+COURSE_ZIP = "{ARCHIVE_NAME}"  # or the course as an archive, in Colab's Files panel or on Drive
+
+class CourseNotFound(Exception):
+    def _render_traceback_(self):  # Jupyter shows this one line, not a traceback
+        return [f"CourseNotFound: {{self}}"]
 
 def find_course_root():
     return next((p for p in (Path.cwd(), *Path.cwd().parents) if (p / "helpers.py").is_file()), None)
 
+def fetch_course(folder="fashion-mnist-cnn"):
+    """Colab: unpack the course's archive when there is one, else fetch the course at COURSE_REF."""
+    for archive in (Path(COURSE_ZIP), Path("/content/drive/MyDrive") / COURSE_ZIP):
+        if archive.is_file():
+            zipfile.ZipFile(archive).extractall(".")  # it holds fashion-mnist-cnn/
+            return
+    git = ["git", "-C", folder]  # a tag or a commit: init, fetch that one version, check it out
+    for step in (["git", "init", "--quiet", folder], git + ["fetch", "--quiet", "--depth", "1", COURSE_REPO, COURSE_REF],
+                 git + ["checkout", "--quiet", "FETCH_HEAD"]):
+        if subprocess.run(step, capture_output=True).returncode != 0:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise CourseNotFound(f"could not fetch {{COURSE_REPO}} at {{COURSE_REF}}. Ask your instructor for the "
+                                 f"course's address, or upload {{COURSE_ZIP}} to Colab's Files panel, then run this cell again.")
+
 if find_course_root() is None and "google.colab" in sys.modules:
-    # Colab opens a notebook on its own: fetch the course next to it, at the matching version.
+    # Colab opens a notebook on its own: fetch the course next to it, at this notebook's version.
     # torch, torchvision, tensorboard and numpy are already installed there, so nothing is reinstalled.
     if not Path("fashion-mnist-cnn").is_dir():
-        subprocess.run(["git", "clone", "--quiet", "--depth", "1", "--branch", COURSE_REF,
-                        COURSE_REPO, "fashion-mnist-cnn"], check=True)
+        fetch_course()
     os.chdir("fashion-mnist-cnn/notebooks")
 COURSE_ROOT = find_course_root()
 if COURSE_ROOT is None:
@@ -45,16 +69,19 @@ if COURSE_ROOT is None:
 sys.path.insert(0, str(COURSE_ROOT))'''
 
 
-def colab_url(notebook: Path) -> str:
-    """The Open-in-Colab address of a notebook in the course repository."""
-    path = notebook.resolve().relative_to(REPO_ROOT).as_posix()
-    return f"https://colab.research.google.com/github/{REPO_URL.removeprefix('https://github.com/')}/blob/{REPO_REF}/{path}"
+SETUP_CELL = setup_cell(ADDRESS["repository"], ADDRESS["version"])
 
 
-def badge(notebook: Path) -> str:
+def colab_url(notebook: Path, repository: str = ADDRESS["repository"], version: str = ADDRESS["version"]) -> str:
+    """The Open-in-Colab address of a notebook of the course repository on GitHub, at a version."""
+    github_path = repository.removeprefix("https://github.com/").removesuffix(".git")
+    return f"https://colab.research.google.com/github/{github_path}/blob/{version}/notebooks/{notebook.name}"
+
+
+def badge(notebook: Path, repository: str = ADDRESS["repository"], version: str = ADDRESS["version"]) -> str:
     """The markdown line with the Open-in-Colab badge."""
     return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-            f"({colab_url(notebook)})")
+            f"({colab_url(notebook, repository, version)})")
 
 
 def notebook_paths() -> list[Path]:
@@ -67,19 +94,38 @@ def source(cell: dict) -> str:
     return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
 
 
-def sync(path: Path) -> bool:
-    """Stamp the current badge and setup cell into one notebook; True if it changed."""
+def sync(path: Path, repository: str = ADDRESS["repository"], version: str = ADDRESS["version"]) -> bool:
+    """Stamp the badge and setup cell of a published address into one notebook; True if it changed."""
     nb = json.loads(path.read_text())
     title_cell, setup = nb["cells"][0], nb["cells"][1]
     lines = [line for line in source(title_cell).splitlines() if "colab-badge.svg" not in line]
     while len(lines) > 1 and not lines[1].strip():
         del lines[1]
-    new_title = "\n".join([lines[0], "", badge(path), "", *lines[1:]])  # badge under the title
-    changed = source(title_cell) != new_title or source(setup) != SETUP_CELL
-    title_cell["source"], setup["source"] = new_title, SETUP_CELL
+    new_title = "\n".join([lines[0], "", badge(path, repository, version), "", *lines[1:]])  # badge under the title
+    new_setup = setup_cell(repository, version)
+    changed = source(title_cell) != new_title or source(setup) != new_setup
+    title_cell["source"], setup["source"] = new_title.splitlines(True), new_setup.splitlines(True)  # as Jupyter stores it
     if changed:
         path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     return changed
+
+
+def publish(repository: str, version: str, paths: list[Path]) -> list[Path]:
+    """Record where the course is published (course_address.json) and stamp it into the notebooks."""
+    if not re.match(r"^(https://|git@|file://)", repository):
+        raise ValueError(f"{repository!r} is not a repository address: give https://github.com/OWNER/NAME")
+    if version in ("main", "master", "HEAD"):
+        raise ValueError(f"{version!r} is a moving branch: give a tag (e.g. v1.0) or a commit, so that "
+                         "a notebook opened next term runs the helpers its outputs were made with")
+    ADDRESS_FILE.write_text(json.dumps({"repository": repository, "version": version}, indent=1) + "\n")
+    return [path for path in paths if sync(path, repository, version)]
+
+
+def build_archive(output: Path) -> Path:
+    """The committed course as fashion-mnist-cnn.zip (what git holds at HEAD), for Colab without git access."""
+    subprocess.run(["git", "-C", str(REPO_ROOT), "archive", "--format=zip", "--prefix=fashion-mnist-cnn/",
+                    "--output", str(output.resolve()), "HEAD"], check=True)
+    return output
 
 
 ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])(/(home|root|work|tmp|Users|content/drive)/|[A-Z]:\\\\)")
@@ -109,7 +155,7 @@ def lint(path: Path) -> list[str]:
                 problems.append(f"cell {i} holds an error output")
         text = source(cell).replace(DRIVE_MOUNT, '"') + json.dumps([o for o in cell.get("outputs", []) if "text" in o or "data" in o
                                           and "text/plain" in o["data"]])
-        if ABSOLUTE_PATH.search(text.replace(REPO_URL, "")):
+        if ABSOLUTE_PATH.search(text.replace(ADDRESS["repository"], "")):
             problems.append(f"cell {i} holds an absolute local path")
     return problems
 
@@ -119,6 +165,7 @@ def execute(paths: list[Path]) -> None:
     env = {k: v for k, v in os.environ.items() if k != "FMNIST_SMOKE"}
     # %tensorboard looks for the `tensorboard` program on PATH: the one beside this Python
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["TQDM_DISABLE"] = "1"  # stored outputs hold the epoch lines, not progress bars
     for path in paths:
         print(f"executing {path.name} ...", flush=True)
         try:
