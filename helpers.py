@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, Dataset, Subset, random_split
 from torchvision import datasets, transforms
 
 from machinery.basics import (CHECKPOINTS, CLASSES, DATA_ROOT, REFERENCE, REPO_ROOT, RUNS_ROOT,  # noqa: F401
-                              CheckpointError, CourseError, DatasetError, course_checkpoint, machine,
-                              pick_device, smoke_mode)
+                              CheckpointError, CourseError, DatasetError, checkpoint_origin, course_checkpoint,
+                              machine, pick_device, progress, smoke_mode)
 from machinery.checkpoint_file import CHECKPOINT_FORMAT, load_weights, read_checkpoint, write_atomically
 from machinery.dataset import prepare_data
 from machinery.fast_path import DeviceLoader, compile_model, make_scaler, mixed_precision, step_after_update
@@ -159,7 +159,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module,
     scaler = scaler or make_scaler(device, precision)
     total_loss = torch.zeros((), device=device)  # summed on the device: no GPU sync per step
     seen = 0
-    for images, labels in loader:
+    for images, labels in progress(loader, "train"):  # a bar with the time left in this epoch
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
             logits = model(images)              # 1. forward
@@ -267,10 +267,11 @@ def fit(model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, *,
             history.interrupted = True
             log(interrupted_note(epoch, last_path))
             break
-        history.record(train_loss=train_loss, valid_loss=valid_loss, valid_accuracy=valid_accuracy,
-                       lr=lr, seconds=time.perf_counter() - start)
+        metrics = {"train_loss": train_loss, "valid_loss": valid_loss, "valid_accuracy": valid_accuracy}
+        history.record(**metrics, lr=lr, seconds=time.perf_counter() - start)
         log(f"epoch {epoch:3d}/{recipe.epochs}  train loss {train_loss:.4f}  valid loss {valid_loss:.4f}  "
-            f"valid acc {valid_accuracy:6.2%}  lr {lr:.0e}  {history.seconds[-1]:5.1f} s")
+            f"valid acc {valid_accuracy:6.2%}  lr {lr:.0e}  {history.seconds[-1]:5.1f} s"
+            f"  (at most {(last_epoch - epoch) * history.seconds[-1] / 60:.0f} min left)")
         if writer is not None:  # step = epoch, so a resumed run continues the same curves
             for tag, value in (("loss/train", train_loss), ("loss/valid", valid_loss),
                                ("accuracy/valid", valid_accuracy), ("learning_rate", lr)):
@@ -281,7 +282,6 @@ def fit(model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, *,
             if current_lr(optimizer) != lr:  # what the original's verbose=True used to print
                 log(f"          learning rate reduced: {lr:.0e} -> {current_lr(optimizer):.0e}")
         history.stopped_early = early_stopping is not None and early_stopping.step(valid_loss)
-        metrics = {"train_loss": train_loss, "valid_loss": valid_loss, "valid_accuracy": valid_accuracy}
         if valid_accuracy > max(history.valid_accuracy[:-1], default=-1.0):  # better than every earlier epoch
             history.best_epoch = epoch
             if best_path is not None:

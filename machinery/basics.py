@@ -12,6 +12,8 @@ DATA_ROOT = REPO_ROOT / "data"            # torchvision's layout below it: data/
 RUNS_ROOT = REPO_ROOT / "runs"            # one TensorBoard run directory per training run
 CHECKPOINTS = REPO_ROOT / "checkpoints"   # yours, from training (not in git)
 REFERENCE = REPO_ROOT / "reference"       # trained by the course authors, shipped in git
+# In Colab, checkpoints kept on Google Drive outlive the runtime, and notebooks 7-9 find them there
+DRIVE_CHECKPOINTS = Path("/content/drive/MyDrive/fashion-mnist-cnn/checkpoints")
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -64,6 +66,22 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def course_checkpoint(name: str = "original") -> Path:
-    """Your best checkpoint from stage 6 when there is one, otherwise the course's reference."""
-    yours = CHECKPOINTS / f"{name}.pt"
-    return yours if yours.is_file() else REFERENCE / f"{name}.pt"
+    """Your best checkpoint from stage 6 (on Google Drive, else in checkpoints/), otherwise the course's reference."""
+    for folder in (DRIVE_CHECKPOINTS, CHECKPOINTS):
+        if (folder / f"{name}.pt").is_file():
+            return folder / f"{name}.pt"
+    return REFERENCE / f"{name}.pt"
+
+
+def checkpoint_origin(path: Path) -> str:
+    """Whose checkpoint this is, in words, for the notebooks that load one."""
+    return {DRIVE_CHECKPOINTS: "yours, from stage 6, kept on Google Drive", CHECKPOINTS: "yours, from stage 6",
+            REFERENCE: "the course's reference"}.get(Path(path).parent, "a checkpoint of your choice")
+
+
+def progress(batches, what: str):
+    """The batches with a progress bar and the time left (tqdm): a widget in Colab and Jupyter, a line
+    in a terminal; off when the output is a file or a CI log, or when TQDM_DISABLE is set."""
+    from tqdm.auto import tqdm
+    off = True if os.environ.get("TQDM_DISABLE") else None  # None: on only where someone watches
+    return tqdm(batches, desc=what, unit="batch", leave=False, mininterval=1.0, disable=off)

@@ -1,8 +1,12 @@
 """The command line: `python helpers.py train | evaluate`, and one clear line on bad input."""
 import json
+import fcntl
 import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
 
 import pytest
 import torch
@@ -27,14 +31,38 @@ def smoke_checkpoint(tmp_path_factory, data_root):
     result = run_cli("train", "--epochs", "1", "--smoke", "--out", str(out),
                      "--runs", str(out.parent / "runs"), "--device", "cpu")
     assert result.returncode == 0, result.stderr
+    assert "%|" not in result.stderr and "\r" not in result.stderr  # output to a file or a CI log: no progress bar
     return out, result.stdout
 
 
 def test_train_smoke_reports_test_accuracy_and_saves_both_checkpoints(smoke_checkpoint):
     out, stdout = smoke_checkpoint
     assert "epoch   1/1" in stdout and "test accuracy on 1,000 images" in stdout
+    assert "(at most 0 min left)" in stdout  # the time left in the run, after each epoch
     assert out.is_file() and out.with_name("smoke-last.pt").is_file()
     assert list((out.parent / "runs").glob("original-b16-*-smoke-*/events.out.tfevents.*"))
+
+
+def test_training_in_a_terminal_shows_a_progress_bar_with_the_time_left(tmp_path, data_root):
+    primary, secondary = pty.openpty()  # a terminal of 24 x 100 characters, as a student's shell gives
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("FMNIST_SMOKE", "TQDM_DISABLE")}
+    process = subprocess.Popen([sys.executable, HELPERS, "train", "--fast", "--epochs", "1", "--smoke", "--out",
+                                str(tmp_path / "tty.pt"), "--runs", str(tmp_path / "runs"), "--device", "cpu"],
+                               stdout=subprocess.DEVNULL, stderr=secondary, env=env, cwd=helpers.REPO_ROOT)
+    os.close(secondary)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the program ended and closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert process.wait(timeout=300) == 0
+    terminal = seen.decode(errors="replace")
+    assert "train:" in terminal and "%|" in terminal and "batch" in terminal, terminal[-500:]
 
 
 def test_a_final_fit_reports_its_last_epoch_only(tmp_path, data_root):

@@ -18,7 +18,7 @@ LEVELS = {"machinery": 0, "machinery.basics": 0,
           **dict.fromkeys(["machinery.dataset", "machinery.recipes", "machinery.fast_path",
                            "machinery.checkpoint_file", "machinery.photos", "machinery.figures",
                            "machinery.networks"], 1),
-          "machinery.resume": 2, "machinery.tensorboard_log": 2,
+          "machinery.resume": 2, "machinery.tensorboard_log": 2, "machinery.colab": 2,
           "helpers": 3,
           "machinery.runs": 4, "machinery.bench": 4,
           "machinery.cli": 5}

@@ -1,0 +1,66 @@
+"""Colab: checkpoints kept on Google Drive are found first, and a runtime without a GPU is told what
+training costs there and how to switch to a T4 -- with stand-ins for Colab and Drive, offline."""
+import sys
+import types
+
+import pytest
+import torch
+
+import helpers
+from machinery import basics, colab
+
+
+@pytest.fixture
+def folders(tmp_path, monkeypatch):
+    """Drive and checkpoints/ as empty temporary folders."""
+    drive = tmp_path / "drive" / "MyDrive" / "fashion-mnist-cnn" / "checkpoints"
+    local = tmp_path / "checkpoints"
+    for module in (basics, colab):
+        monkeypatch.setattr(module, "DRIVE_CHECKPOINTS", drive)
+        monkeypatch.setattr(module, "CHECKPOINTS", local)
+    return drive, local
+
+
+@pytest.fixture
+def in_colab(monkeypatch):
+    """A stand-in google.colab whose drive.mount records where it mounted."""
+    mounted = []
+    package, drive = types.ModuleType("google.colab"), types.ModuleType("google.colab.drive")
+    drive.mount = mounted.append
+    package.drive = drive
+    monkeypatch.setitem(sys.modules, "google.colab", package)
+    monkeypatch.setitem(sys.modules, "google.colab.drive", drive)
+    return mounted
+
+
+def test_notebooks_use_drive_then_your_run_then_the_reference(folders):
+    drive, local = folders
+    assert helpers.course_checkpoint("original") == helpers.REFERENCE / "original.pt"
+    assert helpers.checkpoint_origin(helpers.course_checkpoint("original")) == "the course's reference"
+    local.mkdir(parents=True)
+    (local / "original.pt").write_bytes(b"")
+    assert helpers.course_checkpoint("original") == local / "original.pt"
+    assert helpers.checkpoint_origin(local / "original.pt") == "yours, from stage 6"
+    drive.mkdir(parents=True)
+    (drive / "original.pt").write_bytes(b"")
+    assert helpers.course_checkpoint("original") == drive / "original.pt"
+    assert "Google Drive" in helpers.checkpoint_origin(drive / "original.pt")
+
+
+def test_checkpoints_go_to_drive_only_when_asked_and_in_colab(folders, monkeypatch, in_colab):
+    drive, local = folders
+    assert colab.checkpoint_folder(False) == local and not in_colab
+    said = []
+    assert colab.checkpoint_folder(True, log=said.append) == drive and drive.is_dir()
+    assert in_colab == [str(drive.parents[2])] and "notebooks 7-9" in said[0]
+    monkeypatch.delitem(sys.modules, "google.colab")
+    assert colab.checkpoint_folder(True, log=said.append) == local and "not in Colab" in said[-1]
+
+
+def test_a_runtime_without_a_gpu_is_told_the_cost_and_how_to_switch(monkeypatch):
+    minutes = helpers.read_checkpoint(helpers.REFERENCE / "original.pt")["reference"]["training_minutes"]
+    here = colab.runtime_note(torch.device("cpu"))
+    assert f"took {minutes:.0f} min on CPU" in here and "T4" not in here
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    in_colab = colab.runtime_note(torch.device("cpu"))
+    assert "no GPU" in in_colab and "Change runtime type > T4 GPU" in in_colab and f"{minutes:.0f} min" in in_colab
