@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, random_split
 from torchvision import datasets, transforms
 
 from machinery.basics import (CHECKPOINTS, CLASSES, DATA_ROOT, REFERENCE, REPO_ROOT, RUNS_ROOT,  # noqa: F401
-                              CheckpointError, CourseError, DatasetError, checkpoint_origin, course_checkpoint,
+                              CheckpointError, CourseError, DatasetError, course_checkpoint, describe_checkpoint,
                               machine, pick_device, progress, smoke_mode)
 from machinery.checkpoint_file import CHECKPOINT_FORMAT, load_weights, read_checkpoint, write_atomically
 from machinery.dataset import prepare_data

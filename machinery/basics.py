@@ -73,10 +73,14 @@ def course_checkpoint(name: str = "original") -> Path:
     return REFERENCE / f"{name}.pt"
 
 
-def checkpoint_origin(path: Path) -> str:
-    """Whose checkpoint this is, in words, for the notebooks that load one."""
-    return {DRIVE_CHECKPOINTS: "yours, from stage 6, kept on Google Drive", CHECKPOINTS: "yours, from stage 6",
-            REFERENCE: "the course's reference"}.get(Path(path).parent, "a checkpoint of your choice")
+def describe_checkpoint(path: Path | str) -> str:
+    """Where a checkpoint is and whose it is, for the notebooks that load one."""
+    path = Path(path)
+    whose = {DRIVE_CHECKPOINTS: "yours, from stage 6, kept on Google Drive", CHECKPOINTS: "yours, from stage 6",
+             REFERENCE: "the course's reference"}.get(path.parent)
+    where = f"My Drive/fashion-mnist-cnn/checkpoints/{path.name}" if path.parent == DRIVE_CHECKPOINTS else (
+        f"{path.parent.name}/{path.name}" if whose else str(path))
+    return f"{where} ({whose})" if whose else where
 
 
 def progress(batches, what: str):

@@ -36,15 +36,16 @@ def in_colab(monkeypatch):
 def test_notebooks_use_drive_then_your_run_then_the_reference(folders):
     drive, local = folders
     assert helpers.course_checkpoint("original") == helpers.REFERENCE / "original.pt"
-    assert helpers.checkpoint_origin(helpers.course_checkpoint("original")) == "the course's reference"
+    assert helpers.describe_checkpoint(helpers.course_checkpoint("original")) == "reference/original.pt (the course's reference)"
     local.mkdir(parents=True)
     (local / "original.pt").write_bytes(b"")
     assert helpers.course_checkpoint("original") == local / "original.pt"
-    assert helpers.checkpoint_origin(local / "original.pt") == "yours, from stage 6"
+    assert helpers.describe_checkpoint(local / "original.pt") == "checkpoints/original.pt (yours, from stage 6)"
     drive.mkdir(parents=True)
     (drive / "original.pt").write_bytes(b"")
     assert helpers.course_checkpoint("original") == drive / "original.pt"
-    assert "Google Drive" in helpers.checkpoint_origin(drive / "original.pt")
+    assert helpers.describe_checkpoint(drive / "original.pt") == (
+        "My Drive/fashion-mnist-cnn/checkpoints/original.pt (yours, from stage 6, kept on Google Drive)")
 
 
 def test_checkpoints_go_to_drive_only_when_asked_and_in_colab(folders, monkeypatch, in_colab):
