@@ -86,6 +86,8 @@ MUTANTS = [
     Mutant("last checkpoint without early stopping's state", "machinery/resume.py",
            '"early_stopping": vars(early_stopping).copy() if early_stopping is not None else None,',
            '"early_stopping": None,', RESUME),
+    Mutant("no progress bar inside an epoch", "helpers.py", 'for images, labels in progress(loader, "train"):',
+           "for images, labels in loader:", ("tests/test_cli.py",)),
     # checkpoints
     Mutant("checkpoint records the wrong network", "helpers.py", '"model": model_name(model),', '"model": "original",',
            CHECKPOINTS + ("tests/test_improvements.py",)),
@@ -117,12 +119,18 @@ MUTANTS = [
            'img = img.convert("RGBA")', PREDICT),
     Mutant("transparent pixels become black", "machinery/photos.py", 'Image.new("RGBA", img.size, "white")',
            'Image.new("RGBA", img.size, "black")', PREDICT),
+    # Colab
+    Mutant("notebooks 7-9 never look on Drive", "machinery/basics.py", "for folder in (DRIVE_CHECKPOINTS, CHECKPOINTS):",
+           "for folder in (CHECKPOINTS,):", ("tests/test_colab.py",)),
+    Mutant("setup cell fetches the moving branch", "machinery/tools/notebooks.py", "COURSE_REPO, COURSE_REF],",
+           'COURSE_REPO, "main"],', ("tests/test_notebooks.py",)),
 ]
 
 # Mutants that cannot change anything a test, a student or a checkpoint can observe, and why.
 EQUIVALENT = {}
 
-COPIED = ("helpers.py", "machinery", "tests", "pytest.ini", "reference", "notebooks", "images")
+COPIED = ("helpers.py", "machinery", "tests", "pytest.ini", "reference", "notebooks", "images", "requirements.txt",
+          "environment.yml", "README.md")
 
 
 def course_copy(folder: Path) -> Path:
@@ -135,6 +143,9 @@ def course_copy(folder: Path) -> Path:
         else:
             shutil.copy(source, folder / name)
     (folder / "data").symlink_to(DATA_ROOT, target_is_directory=True)
+    git = ["git", "-c", "user.name=mutate", "-c", "user.email=mutate@localhost", "-C", str(folder)]
+    for step in (["init", "--quiet"], ["add", "--all"], ["commit", "--quiet", "-m", "the course, unmutated"]):
+        subprocess.run(git + step, check=True, capture_output=True)  # a checkout, as `archive` expects
     return folder
 
 

@@ -123,8 +123,10 @@ def publish(repository: str, version: str, paths: list[Path]) -> list[Path]:
 
 def build_archive(output: Path) -> Path:
     """The committed course as fashion-mnist-cnn.zip (what git holds at HEAD), for Colab without git access."""
-    subprocess.run(["git", "-C", str(REPO_ROOT), "archive", "--format=zip", "--prefix=fashion-mnist-cnn/",
-                    "--output", str(output.resolve()), "HEAD"], check=True)
+    made = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", "--format=zip", "--prefix=fashion-mnist-cnn/",
+                           "--output", str(output.resolve()), "HEAD"], capture_output=True, text=True)
+    if made.returncode != 0:
+        raise ValueError(f"no archive: {made.stderr.strip()} (archive packs what git holds at HEAD in a checkout)")
     return output
 
 
