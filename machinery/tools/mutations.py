@@ -30,7 +30,8 @@ class Mutant:
 
 
 DATA, LOOP, RESUME = ("tests/test_data.py",), ("tests/test_training.py", "tests/test_resume.py"), ("tests/test_resume.py",)
-CHECKPOINTS, PREDICT = ("tests/test_checkpoints.py",), ("tests/test_model.py", "tests/test_predict_and_evaluate.py")
+CHECKPOINTS, PREDICT = ("tests/test_checkpoints.py",), ("tests/test_model.py", "tests/test_predict_and_evaluate.py",
+                                                        "tests/test_photos.py")
 FAST = ("tests/test_fast_path.py",)
 
 MUTANTS = [
@@ -119,6 +120,14 @@ MUTANTS = [
            'img = img.convert("RGBA")', PREDICT),
     Mutant("transparent pixels become black", "machinery/photos.py", 'Image.new("RGBA", img.size, "white")',
            'Image.new("RGBA", img.size, "black")', PREDICT),
+    Mutant("float 0-1 photo read as 0-255", "machinery/photos.py", '((1.0,) if mode == "F" else ())', "()",
+           ("tests/test_photos.py",)),
+    Mutant("32-bit photo range clipped at 16 bits", "machinery/photos.py", "return 0.0, max(high, 1.0)",
+           "return 0.0, 65535.0", ("tests/test_photos.py",)),
+    Mutant("white cut-out drawn on white", "machinery/photos.py", "    if light_cutout(img):", "    if False:",
+           ("tests/test_photos.py",)),
+    Mutant("NaN pixels of a float photo opaque", "machinery/photos.py", "Image.fromarray(np.uint8(measured) * 255)",
+           "Image.fromarray(np.uint8(measured | True) * 255)", ("tests/test_photos.py",)),
     # Colab
     Mutant("notebooks 7-9 never look on Drive", "machinery/basics.py", "for folder in (DRIVE_CHECKPOINTS, CHECKPOINTS):",
            "for folder in (CHECKPOINTS,):", ("tests/test_colab.py",)),
