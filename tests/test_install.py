@@ -1,5 +1,11 @@
-"""Install files: requirements.txt and environment.yml agree and admit Colab's preinstalled torch."""
+"""Install files: requirements.txt and environment.yml agree and admit Colab's preinstalled torch;
+the Makefile, the README's quick start and .ci/run agree on the two commands."""
+import os
 import re
+import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 from packaging.requirements import Requirement
@@ -36,3 +42,143 @@ def test_both_install_files_list_the_same_packages_and_ranges():
 def test_ranges_admit_colab_and_ci_versions(package, version):
     from packaging.specifiers import SpecifierSet
     assert Version(version) in SpecifierSet(requirements_txt()[package])
+
+
+# The two commands on a fresh machine: the README's quick start, the Makefile and CI agree.
+TRAIN_COMMANDS = [".venv/bin/python helpers.py train",
+                  ".venv/bin/python helpers.py evaluate checkpoints/original.pt --json"]
+TEST_COMMAND = ".venv/bin/python -m pytest"
+needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def make_env() -> dict[str, str]:
+    """The environment without what would change make's choices (PYTHON ?= python3, MAKEFLAGS)."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHON", "MAKEFLAGS", "MAKELEVEL")}
+
+
+def make_dry_run(*args: str, cwd=None) -> list[str]:
+    """The commands `make -n ARGS` would run, one per line (dry run: nothing is executed)."""
+    out = subprocess.run(["make", "-n", *args], cwd=cwd or helpers.REPO_ROOT, check=True,
+                         capture_output=True, text=True, env=make_env()).stdout
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def quick_start_section() -> str:
+    readme = (helpers.REPO_ROOT / "README.md").read_text()
+    return readme.split("## Quick start on your own machine", 1)[1].split("\n## ", 1)[0]
+
+
+def quick_start_commands() -> list[str]:
+    """The shell lines in the quick start's code blocks, comments stripped."""
+    blocks = re.findall(r"```bash\n(.*?)```", quick_start_section(), flags=re.S)
+    lines = (line.split("#")[0].strip() for block in blocks for line in block.splitlines())
+    return [line for line in lines if line]
+
+
+def test_readme_quick_start_is_make_train_and_make_test():
+    commands = quick_start_commands()
+    assert "make train" in commands and "make test" in commands and "make lab" in commands
+    assert not any("pip install" in c or "-m venv" in c for c in commands), commands   # make does it
+    assert any("python3-venv" in c and "make" in c.split() for c in commands), commands  # prerequisites
+
+
+@needs_make
+def test_make_train_and_test_run_the_readme_commands():
+    train, test = make_dry_run("train"), make_dry_run("test")
+    assert train[-2:] == TRAIN_COMMANDS, train
+    assert test[-1] == TEST_COMMAND, test
+    section = quick_start_section()
+    for command in TRAIN_COMMANDS + [TEST_COMMAND]:
+        assert f"`{command}`" in section, command   # the README says what each target runs
+    assert make_dry_run("lab")[-1] == ".venv/bin/jupyter lab notebooks/"
+
+
+def test_ci_runs_make_test():
+    script = (helpers.REPO_ROOT / ".ci" / "run").read_text()
+    commands = [line.strip() for line in script.splitlines()
+                if line.strip() and not line.strip().startswith(("#", "echo"))]
+    assert "make test" in commands, commands
+    assert not any("pytest" in c or "pip install" in c for c in commands), commands   # only via make
+    apt = next(c for c in commands if "apt-get install" in c).split()
+    for package in ("make", "python3-venv", "dataset-fashion-mnist", "chromium"):
+        assert package in apt, package
+
+
+@needs_make
+def test_make_sets_up_the_venv_only_when_requirements_change(tmp_path):
+    for name in ("Makefile", "requirements.txt"):
+        shutil.copy(helpers.REPO_ROOT / name, tmp_path / name)
+
+    def installs() -> bool:
+        steps = make_dry_run("test", cwd=tmp_path)
+        assert steps[-1] == TEST_COMMAND, steps
+        return any("python3 -m venv .venv" in s for s in steps) and \
+            any(".venv/bin/python -m pip install" in s and "-r requirements.txt" in s for s in steps)
+
+    assert installs()                                   # no .venv yet
+    (tmp_path / ".venv").mkdir()
+    stamp = tmp_path / ".venv" / ".installed"
+    stamp.touch()
+    now = time.time()
+    os.utime(tmp_path / "requirements.txt", (now - 60, now - 60))
+    assert not installs()                               # stamp newer than requirements.txt
+    os.utime(stamp, (now - 120, now - 120))
+    assert installs()                                   # requirements.txt changed since
+
+
+@needs_make
+def test_make_without_venv_module_says_install_python3_venv(tmp_path):
+    """Debian and Ubuntu ship python3 without ensurepip; `python3 -m venv` then fails."""
+    for name in ("Makefile", "requirements.txt"):
+        shutil.copy(helpers.REPO_ROOT / name, tmp_path / name)
+    (tmp_path / "no_ensurepip" / "ensurepip").mkdir(parents=True)
+    (tmp_path / "no_ensurepip" / "ensurepip" / "__init__.py").write_text(
+        "raise ImportError('like Debian without python3-venv')\n")
+    python = tmp_path / "python3"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={tmp_path / 'no_ensurepip'} exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    run = subprocess.run(["make", "test", f"PYTHON={python}"], cwd=tmp_path,
+                         capture_output=True, text=True, env=make_env())
+    assert run.returncode != 0
+    ours = [line for line in run.stdout.splitlines() if line.strip()]
+    assert len(ours) == 1 and "sudo apt-get install python3-venv" in ours[0], run.stdout
+    assert "Traceback" not in run.stdout + run.stderr
+    assert not (tmp_path / ".venv" / ".installed").exists()
+
+
+@needs_make
+@pytest.mark.parametrize("pip_works", [True, False])
+def test_make_venv_stamps_a_good_install_and_shows_only_pip_errors(tmp_path, pip_works):
+    """The setup step for real, with a stand-in .venv whose python logs its calls: a good install
+    writes .venv/.installed and the next run skips pip; a failed one shows pip's errors without
+    the 'WARNING: Location' noise, fails, and leaves no stamp."""
+    for name in ("Makefile", "requirements.txt"):
+        shutil.copy(helpers.REPO_ROOT / name, tmp_path / name)
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    calls = tmp_path / "calls.log"
+    pip = ('echo "WARNING: Location \'/nowhere\' is ignored"; echo "ERROR: No matching distribution"; exit 1'
+           if not pip_works else "exit 0")
+    (bin_dir / "python").write_text(
+        f'#!/bin/sh\necho "$*" >> {calls}\nif [ "$2" = pip ]; then {pip}; fi\n')
+    (bin_dir / "pip").write_text("#!/bin/sh\nexit 0\n")
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+
+    def make_venv():
+        return subprocess.run(["make", "venv"], cwd=tmp_path, capture_output=True, text=True,
+                              env=make_env())
+
+    first = make_venv()
+    assert "-m pip install -q -r requirements.txt" in calls.read_text()
+    if not pip_works:
+        assert first.returncode != 0
+        assert "ERROR: No matching distribution" in first.stdout
+        assert "WARNING: Location" not in first.stdout + first.stderr
+        assert not (tmp_path / ".venv" / ".installed").exists()
+        return
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert (tmp_path / ".venv" / ".installed").exists()
+    before = calls.read_text()
+    second = make_venv()
+    assert second.returncode == 0 and calls.read_text() == before   # nothing re-installed

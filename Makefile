@@ -1,0 +1,50 @@
+# Two commands on a fresh machine (README, "Quick start on your own machine"):
+#   make train   set up .venv, then the main job: train the original network, evaluate it
+#   make test    set up .venv, then the tests (the README's test command; .ci/run uses it too)
+#   make lab     set up .venv, then open the notebooks in JupyterLab
+# The setup step creates .venv with `$(PYTHON) -m venv` and re-runs pip only when
+# requirements.txt is newer than .venv/.installed.
+
+PYTHON ?= python3
+LAB_ARGS ?=
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+VENV_HINT := make: '$(PYTHON) -m venv' is not available. On Debian/Ubuntu: sudo apt-get install python3-venv
+
+.DEFAULT_GOAL := help
+.PHONY: help venv train test lab
+
+help:
+	@echo "make train   set up .venv from requirements.txt, train the original network, evaluate checkpoints/original.pt"
+	@echo "make test    set up .venv from requirements.txt, run the tests ($(PY) -m pytest; options in pytest.ini)"
+	@echo "make lab     set up .venv from requirements.txt, open notebooks/ in JupyterLab"
+	@echo "make venv    only the setup step (re-runs pip when requirements.txt is newer than $(STAMP))"
+	@echo "Another interpreter: make train PYTHON=python3.12; JupyterLab options: make lab LAB_ARGS=--no-browser"
+
+venv: $(STAMP)
+
+# pip's notices about optional local index folders ("WARNING: Location ...") are noise;
+# the log is shown, without them, only when pip fails.
+$(STAMP): requirements.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found. On Debian/Ubuntu: sudo apt-get install python3 python3-venv"; exit 1; }
+	@if [ ! -x $(VENV)/bin/pip ]; then \
+	  $(PYTHON) -c "import venv, ensurepip" >/dev/null 2>&1 || { echo "$(VENV_HINT)"; exit 1; }; \
+	  echo "== creating $(VENV) ($(PYTHON) -m venv)"; \
+	  $(PYTHON) -m venv $(VENV) || { echo "$(VENV_HINT)"; exit 1; }; \
+	fi
+	@echo "== installing requirements.txt into $(VENV) (the first time takes a few minutes)"
+	@$(PY) -m pip install -q -r requirements.txt > $(VENV)/pip-install.log 2>&1 || \
+	  { grep -v "^WARNING: Location" $(VENV)/pip-install.log; exit 1; }
+	@$(PY) -c "import torch, torchvision, tensorboard, nbval; print('torch', torch.__version__, '| torchvision', torchvision.__version__, '| tensorboard', tensorboard.__version__)"
+	@touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) helpers.py train
+	$(PY) helpers.py evaluate checkpoints/original.pt --json
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/ $(LAB_ARGS)
