@@ -36,6 +36,11 @@ def smoke_mode() -> bool:
     return os.environ.get("FMNIST_SMOKE", "").strip().lower() not in ("", "0", "false", "no")
 
 
+def storing_outputs() -> bool:
+    """True while the course's tools re-run a notebook to store its outputs: nobody watches a dashboard."""
+    return os.environ.get("FMNIST_STORING_OUTPUTS") == "1"
+
+
 def machine() -> str:
     """A one-line description of this machine, for the notebooks' closing "produced on" line."""
     if torch.cuda.is_available():

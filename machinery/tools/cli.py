@@ -18,9 +18,9 @@ class ToolsParser(OneLineParser):
 
 
 def notebook_list(names: list[str]) -> list[Path]:
-    """The notebooks named (file names in notebooks/), or all of them."""
-    from .notebooks import NOTEBOOKS, notebook_paths
-    return [NOTEBOOKS / name for name in names] if names else notebook_paths()
+    """The notebooks named (file names in notebooks/ or notebooks/solutions/), or all of them."""
+    from .notebooks import all_notebooks, find_notebook
+    return [find_notebook(name) for name in names] if names else all_notebooks()
 
 
 def run_sync(args) -> int:
@@ -31,8 +31,8 @@ def run_sync(args) -> int:
 
 
 def run_publish(args) -> int:
-    from .notebooks import ADDRESS_FILE, notebook_paths, publish
-    changed = publish(args.repository, args.version, notebook_paths())
+    from .notebooks import ADDRESS_FILE, all_notebooks, publish
+    changed = publish(args.repository, args.version, all_notebooks())
     print(f"{ADDRESS_FILE.name}: {args.repository} at {args.version}; {len(changed)} notebooks stamped")
     print(f"next: git commit -am 'Publish {args.version}' && git tag {args.version} && git push origin HEAD {args.version}")
     return 0

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..basics import REPO_ROOT
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
+SOLUTIONS = NOTEBOOKS / "solutions"  # worked answers to each stage's "Try this", one notebook per stage
 ADDRESS_FILE = Path(__file__).with_name("course_address.json")  # the one place the address is written
 ADDRESS = json.loads(ADDRESS_FILE.read_text())  # {"repository": "https://...", "version": "v1.0"}
 ARCHIVE_NAME = "fashion-mnist-cnn.zip"  # for a class without a public repository (`archive`)
@@ -75,7 +76,8 @@ SETUP_CELL = setup_cell(ADDRESS["repository"], ADDRESS["version"])
 def colab_url(notebook: Path, repository: str = ADDRESS["repository"], version: str = ADDRESS["version"]) -> str:
     """The Open-in-Colab address of a notebook of the course repository on GitHub, at a version."""
     github_path = repository.removeprefix("https://github.com/").removesuffix(".git")
-    return f"https://colab.research.google.com/github/{github_path}/blob/{version}/notebooks/{notebook.name}"
+    folder = "notebooks/solutions" if notebook.parent.name == "solutions" else "notebooks"
+    return f"https://colab.research.google.com/github/{github_path}/blob/{version}/{folder}/{notebook.name}"
 
 
 def badge(notebook: Path, repository: str = ADDRESS["repository"], version: str = ADDRESS["version"]) -> str:
@@ -87,6 +89,24 @@ def badge(notebook: Path, repository: str = ADDRESS["repository"], version: str 
 def notebook_paths() -> list[Path]:
     """The course notebooks, in order."""
     return sorted(NOTEBOOKS.glob("*.ipynb"))
+
+
+def solution_paths() -> list[Path]:
+    """The solutions notebooks (NN_name_solutions.ipynb), in order."""
+    return sorted(SOLUTIONS.glob("*.ipynb"))
+
+
+def all_notebooks() -> list[Path]:
+    """Every committed notebook: the stages, then their solutions."""
+    return notebook_paths() + solution_paths()
+
+
+def find_notebook(name: str) -> Path:
+    """A notebook by file name, in notebooks/ or notebooks/solutions/."""
+    for folder in (NOTEBOOKS, SOLUTIONS):
+        if (folder / name).is_file():
+            return folder / name
+    raise ValueError(f"no notebook {name!r} in notebooks/ or notebooks/solutions/")
 
 
 def source(cell: dict) -> str:
@@ -168,6 +188,7 @@ def execute(paths: list[Path]) -> None:
     # %tensorboard looks for the `tensorboard` program on PATH: the one beside this Python
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["TQDM_DISABLE"] = "1"  # stored outputs hold the epoch lines, not progress bars
+    env["FMNIST_STORING_OUTPUTS"] = "1"  # no live TensorBoard frame: stored, it is a blank box on GitHub
     for path in paths:
         print(f"executing {path.name} ...", flush=True)
         try:
