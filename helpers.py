@@ -353,7 +353,7 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu",
 def make_train_loader(recipe: Recipe, train_set: Dataset, generator: torch.Generator, device: torch.device):
     """Shuffled training batches of the recipe's size: a DataLoader, or the fast path (augmented if asked)."""
     if recipe.fast:
-        return DeviceLoader(train_set, recipe.batch_size, True, generator, device, recipe.augment, channels_last=True)
+        return DeviceLoader(train_set, recipe.batch_size, True, generator, device, recipe.augment, recipe.erase, channels_last=True)
     return make_loader(train_set, recipe.batch_size, shuffle=True, generator=generator, device=device)
 
 

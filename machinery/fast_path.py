@@ -40,18 +40,57 @@ def shift_and_flip(images: torch.Tensor, shifts: torch.Tensor, flips: torch.Tens
                   rows[:, :, None], cols[:, None, :]].unsqueeze(1)
 
 
+def random_boxes(n: int, chance: float, generator: torch.Generator | None = None, size: int = 28,
+                 area: tuple[float, float] = (0.02, 0.33), aspect: tuple[float, float] = (0.3, 3.3),
+                 attempts: int = 10) -> torch.Tensor:
+    """Rectangles [n, 4] (top, left, height, width) to erase, drawn as torchvision's RandomErasing does.
+
+    Each image gets one with probability `chance`, the others height and width 0. A rectangle covers
+    a random share `area` of the image, with a random aspect ratio height/width in `aspect` (drawn on
+    a log scale), at a random place where it fits. Like torchvision, up to `attempts` draws per image,
+    the first that fits inside the image is kept (here it must also stay in both ranges once rounded
+    to whole pixels); an image none fits is not erased. Vectorised: no Python loop over images.
+    """
+    u = torch.rand(n, attempts, 2, generator=generator)
+    pixels = size * size * (area[0] + (area[1] - area[0]) * u[..., 0])
+    low, high = math.log(aspect[0]), math.log(aspect[1])
+    ratio = torch.exp(low + (high - low) * u[..., 1])
+    height, width = (pixels * ratio).sqrt().round().long(), (pixels / ratio).sqrt().round().long()
+    share = height * width / (size * size)
+    fits = ((height < size) & (width < size) & (share >= area[0]) & (share <= area[1])
+            & (height >= aspect[0] * width) & (height <= aspect[1] * width))
+    first = fits.long().argmax(dim=1, keepdim=True)  # the first attempt that fits (argmax: first maximum)
+    height, width = height.gather(1, first).squeeze(1), width.gather(1, first).squeeze(1)
+    where = torch.rand(n, 3, generator=generator)
+    erased = (where[:, 0] < chance) & fits.any(dim=1)
+    top, left = (where[:, 1] * (size - height + 1)).long(), (where[:, 2] * (size - width + 1)).long()
+    return torch.stack([top, left, torch.where(erased, height, 0), torch.where(erased, width, 0)], dim=1)
+
+
+def erase_boxes(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Images [B, 1, H, W] with each one's box (top, left, height, width) set to 0, the background."""
+    top, left, height, width = (boxes[:, i, None] for i in range(4))        # each [B, 1]
+    rows = torch.arange(images.shape[2], device=images.device)
+    cols = torch.arange(images.shape[3], device=images.device)
+    in_rows = (rows >= top) & (rows < top + height)                         # [B, H]
+    in_cols = (cols >= left) & (cols < left + width)                       # [B, W]
+    return images.masked_fill((in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1), 0)
+
+
 class DeviceLoader:
     """Batches [B, 1, 28, 28] in 0-1 cut from uint8 tensors kept on `device`, like a DataLoader.
 
-    augment=True shifts every image by up to 2 pixels and mirrors half of them, drawn per image.
+    augment=True shifts every image by up to 2 pixels and mirrors half of them, drawn per image;
+    erase=p then sets one random rectangle of each image to 0 with probability p (random erasing).
+    Both are for training batches only: evaluation loaders leave them off.
     channels_last stores batches in the memory layout that convolutions run fastest in.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool = False,
                  generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-                 augment: bool = False, channels_last: bool = False) -> None:
+                 augment: bool = False, erase: float = 0.0, channels_last: bool = False) -> None:
         self.dataset, self.batch_size, self.shuffle, self.generator = dataset, batch_size, shuffle, generator
-        self.device, self.augment, self.channels_last = torch.device(device), augment, channels_last
+        self.device, self.augment, self.erase, self.channels_last = torch.device(device), augment, erase, channels_last
         images, labels = dataset_tensors(dataset)
         self.images, self.labels = images.to(self.device), labels.to(self.device)
 
@@ -66,11 +105,15 @@ class DeviceLoader:
         if self.augment:
             shifts = torch.randint(0, 5, (n, 2), generator=self.generator).to(self.device, non_blocking=True)
             flips = (torch.rand(n, generator=self.generator) < 0.5).to(self.device, non_blocking=True)
+        if self.erase:  # drawn after the shifts and flips: erase=0 leaves every other random number as it was
+            boxes = random_boxes(n, self.erase, self.generator).to(self.device, non_blocking=True)
         for start in range(0, n, self.batch_size):
             index = order[start:start + self.batch_size]
             images = self.images[index].unsqueeze(1).float().div_(255)  # what ToTensor does, per batch
             if self.augment:
                 images = shift_and_flip(images, shifts[start:start + len(index)], flips[start:start + len(index)])
+            if self.erase:
+                images = erase_boxes(images, boxes[start:start + len(index)])
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             yield images, self.labels[index]

@@ -32,6 +32,8 @@ class Recipe:
     optimizer: str = "adam"         # "adam" (L2 weight decay, as the original) or "adamw" (decoupled)
     schedule: str = "plateau"       # "plateau" (ReduceLROnPlateau) or "onecycle" (up, then down, per step)
     augment: bool = False           # random 2-pixel shifts and mirror images (fast path only)
+    erase: float = 0.0              # random erasing: the chance that a training image gets one random
+                                    # rectangle set to 0 (fast path only; untested on a GPU, in no recipe)
     label_smoothing: float = 0.0    # CrossEntropyLoss(label_smoothing=...): softer targets
     compile: bool = False           # torch.compile the network (CUDA graphs on a GPU): fast_path.compile_model
     final_fit: bool = False         # train on all 60,000 images (train + validation): the last step, once
@@ -56,6 +58,10 @@ class Recipe:
                              "stopping watch the validation loss, and a final fit has no held-out validation")
         if self.augment and not self.fast:
             raise ValueError("augment=True needs the fast path (fast=True): augmentation runs on the device")
+        if not 0 <= self.erase <= 1:
+            raise ValueError(f"erase must be a probability in 0..1, got {self.erase!r}")
+        if self.erase and not self.fast:
+            raise ValueError(f"erase={self.erase!r} needs the fast path (fast=True): erasing runs on the device")
 
     def as_dict(self) -> dict:
         """The recipe as plain values, as checkpoints record it."""
@@ -76,14 +82,42 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
 )}
 
 
+def smoke_sized(settings: Recipe, smoke: bool | None = None) -> Recipe:
+    """The recipe; in smoke mode (smoke=None: as FMNIST_SMOKE says) a few thousand images and two epochs."""
+    if smoke_mode() if smoke is None else smoke:
+        settings = replace(settings, epochs=2, train_size=4000, valid_size=1000, test_size=1000)
+    return settings
+
+
 def course_settings(smoke: bool | None = None, recipe: str = "original", **overrides) -> Recipe:
     """A course recipe by name (see RECIPES); in smoke mode a few thousand images and two epochs."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
-    settings = RECIPES[recipe]
-    if smoke_mode() if smoke is None else smoke:
-        settings = replace(settings, epochs=2, train_size=4000, valid_size=1000, test_size=1000)
-    return replace(settings, **overrides)
+    return replace(smoke_sized(RECIPES[recipe], smoke), **overrides)
+
+
+# Stage 10 as a controlled experiment: from original-fast to improved, one idea per rung. Each rung is
+# (name, what it changes, changes), applied with dataclasses.replace on top of the rung before, so a
+# rung differs from the one before in its `changes` only; the last rung is RECIPES["improved"] but for
+# its name (tests/test_ladder.py checks both). Random erasing is not a rung: untested on a GPU.
+LADDER: list[tuple[str, str, dict]] = [
+    ("fast-path", "the fast path: original-fast itself, the ladder's base (no change)", {}),
+    ("improved-network", "the improved network (a small ResNet), nothing else", {"model": "improved"}),
+    ("adamw", "decoupled weight decay: AdamW with weight decay 0.05", {"optimizer": "adamw", "weight_decay": 0.05}),
+    ("augment", "augmentation: random 2-pixel shifts and mirror images", {"augment": True}),
+    ("label-smoothing", "label smoothing 0.1", {"label_smoothing": 0.1}),
+    ("batch-lr-length", "the improved recipe's batch size, learning rate and length: batch 256, one-cycle to "
+     "4e-3, 24 epochs", {"batch_size": 256, "lr": 4e-3, "epochs": 24}),
+]
+
+
+def ladder_recipes(smoke: bool | None = None) -> list[Recipe]:
+    """The ladder's rungs as recipes named ladder-I-NAME, from RECIPES["original-fast"]; smoke mode shrinks each."""
+    rungs, recipe = [], RECIPES["original-fast"]
+    for i, (name, _, changes) in enumerate(LADDER):
+        recipe = replace(recipe, name=f"ladder-{i}-{name}", **changes)
+        rungs.append(smoke_sized(recipe, smoke))
+    return rungs
 
 
 def recipe_for_network(network: str, fast: bool = False) -> str:
