@@ -33,6 +33,7 @@ DATA, LOOP, RESUME = ("tests/test_data.py",), ("tests/test_training.py", "tests/
 CHECKPOINTS, PREDICT = ("tests/test_checkpoints.py",), ("tests/test_model.py", "tests/test_predict_and_evaluate.py",
                                                         "tests/test_photos.py")
 FAST = ("tests/test_fast_path.py",)
+STAGE10 = ("tests/test_ladder.py",)
 
 MUTANTS = [
     # the split and the loaders
@@ -47,6 +48,15 @@ MUTANTS = [
     Mutant("evaluation batches augmented", "helpers.py",
            "return DeviceLoader(dataset, 1000, device=device, channels_last=True)",
            "return DeviceLoader(dataset, 1000, device=device, augment=recipe.augment, channels_last=True)", FAST),
+    Mutant("evaluation batches erased", "helpers.py",
+           "return DeviceLoader(dataset, 1000, device=device, channels_last=True)",
+           "return DeviceLoader(dataset, 1000, device=device, erase=recipe.erase, channels_last=True)", STAGE10),
+    Mutant("random erasing ignores its probability", "machinery/fast_path.py",
+           "erased = (where[:, 0] < chance) & fits.any(dim=1)", "erased = fits.any(dim=1)", STAGE10),
+    Mutant("erased rectangle one row too tall", "machinery/fast_path.py", "(rows < top + height)",
+           "(rows <= top + height)", STAGE10),
+    Mutant("ladder rungs not cumulative", "machinery/recipes.py", "recipe = replace(recipe, name=",
+           'recipe = replace(RECIPES["original-fast"], name=', STAGE10),
     Mutant("smoke mode uses 400 training images", "machinery/recipes.py", "train_size=4000", "train_size=400", DATA),
     # the loop
     Mutant("epoch loss: mean of batch means", "helpers.py", "seen += len(labels)\n", "seen += 1\n", LOOP),
