@@ -155,7 +155,7 @@ def test_the_second_rung_trains_a_smoke_epoch_on_the_cpu(small_sets, cpu, tmp_pa
     train, valid, _ = small_sets
     rung = dataclasses.replace(ladder_recipes(smoke=True)[1], epochs=1)
     lines = []
-    model, history, _ = helpers.train_run(rung, helpers.first(train, 128), helpers.first(valid, 128), cpu,
+    model, history, _ = helpers.train_run(rung, helpers.first(train, 64), helpers.first(valid, 64), cpu,
                                           run_dir=tmp_path / "run", last_path=tmp_path / "last.pt", log=lines.append)
     assert history.epochs == 1 and 0 < history.train_loss[0] < 5 and 0 <= history.valid_accuracy[0] <= 1
     assert lines[0].startswith("recipe ladder-1-improved-network: improved (261,298 parameters)")
