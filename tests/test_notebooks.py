@@ -30,14 +30,14 @@ def test_notebook_lint(path):
 
 def try_this_items(path: Path) -> list[int]:
     """The numbers of the exercises under a notebook's **Try this** heading."""
-    text = "".join(course_notebooks.source(c) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown")
+    text = "\n".join(course_notebooks.source(c) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown")
     exercises = text.partition("**Try this**")[2].partition("\nNext:")[0]
     return [int(n) for n in re.findall(r"^(\d+)\. ", exercises, flags=re.MULTILINE)]
 
 
 def solved_items(path: Path) -> list[int]:
     """The numbers of the `## Try this N` sections of a solutions notebook."""
-    text = "".join(course_notebooks.source(c) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown")
+    text = "\n".join(course_notebooks.source(c) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown")
     return [int(n) for n in re.findall(r"^## Try this (\d+)\b", text, flags=re.MULTILINE)]
 
 
