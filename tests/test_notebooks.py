@@ -28,17 +28,21 @@ def test_notebook_lint(path):
     assert course_notebooks.lint(path) == []
 
 
+def markdown_text(path: Path) -> str:
+    """A notebook's markdown cells, one after the other (a newline between cells)."""
+    cells = json.loads(path.read_text())["cells"]
+    return "\n".join(course_notebooks.source(c) for c in cells if c["cell_type"] == "markdown")
+
+
 def try_this_items(path: Path) -> list[int]:
     """The numbers of the exercises under a notebook's **Try this** heading."""
-    text = "\n".join(course_notebooks.source(c) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown")
-    exercises = text.partition("**Try this**")[2].partition("\nNext:")[0]
+    exercises = markdown_text(path).partition("**Try this**")[2].partition("\nNext:")[0]
     return [int(n) for n in re.findall(r"^(\d+)\. ", exercises, flags=re.MULTILINE)]
 
 
 def solved_items(path: Path) -> list[int]:
     """The numbers of the `## Try this N` sections of a solutions notebook."""
-    text = "\n".join(course_notebooks.source(c) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown")
-    return [int(n) for n in re.findall(r"^## Try this (\d+)\b", text, flags=re.MULTILINE)]
+    return [int(n) for n in re.findall(r"^## Try this (\d+)\b", markdown_text(path), flags=re.MULTILINE)]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])

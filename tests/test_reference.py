@@ -24,11 +24,11 @@ def reports(data_root):
     """report(path): `evaluate --json` on the real test images, one run per network (data and torch
     loaded once per run), started by the first test that needs it -- so no one test waits for all."""
     done: dict[str, dict] = {}
+    network = {str(p): helpers.read_checkpoint(p)["model"] for p in REFERENCES}
 
     def report(path) -> dict:
         if str(path) not in done:
-            network = helpers.read_checkpoint(path)["model"]
-            group = [str(p) for p in REFERENCES if helpers.read_checkpoint(p)["model"] == network]
+            group = [p for p in network if network[p] == network[str(path)]]
             result = subprocess.run([sys.executable, str(helpers.REPO_ROOT / "helpers.py"), "evaluate", *group,
                                      "--json", "--device", "cpu", "--data", str(data_root)],
                                     capture_output=True, text=True, timeout=600)
