@@ -31,13 +31,20 @@ def checkpoint_folder(keep_on_drive: bool, log=print) -> Path:
     return DRIVE_CHECKPOINTS
 
 
-def runtime_note(device: torch.device, reference: Path = REFERENCE / "original.pt") -> str:
-    """One paragraph on where training runs: the GPU's name, or what the full run costs on a CPU."""
+def runtime_note(device: torch.device, *references: Path) -> str:
+    """One paragraph on where training runs: the GPU's name, or what the reference runs of the same recipes cost."""
     if device.type == "cuda":
         return f"training on the GPU: {torch.cuda.get_device_name(device)}"
-    made = read_checkpoint(reference).get("reference", {})
-    cost = (f"the course's reference run of this recipe took {made['training_minutes']:.0f} min on "
-            f"{made['machine']}" if "training_minutes" in made else "a full run takes about an hour on a CPU")
+    made = [read_checkpoint(path).get("reference", {}) for path in references or (REFERENCE / "original.pt",)]
+    machines = {run.get("machine") for run in made}
+    if all("training_minutes" in run for run in made) and len(machines) == 1:
+        minutes = [round(run["training_minutes"]) for run in made]  # whole minutes that add up as printed
+        cost = (f"the course's reference run of this recipe took {minutes[0]} min" if len(made) == 1 else
+                f"the course's reference runs of the {len(made)} trainings here took "
+                f"{' + '.join(map(str, minutes))} = {sum(minutes)} min")
+        cost += f" on {machines.pop()}"
+    else:  # no recorded time, or times from different machines: nothing to add up
+        cost = "a full run takes about an hour on a CPU"
     if in_colab():
         return (f"This Colab runtime has no GPU: {cost}. For a few minutes instead: {T4_HOWTO}. "
                 "Or carry on here: the progress bar shows the time left in each epoch.")

@@ -65,3 +65,10 @@ def test_a_runtime_without_a_gpu_is_told_the_cost_and_how_to_switch(monkeypatch)
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
     in_colab = colab.runtime_note(torch.device("cpu"))
     assert "no GPU" in in_colab and "Change runtime type > T4 GPU" in in_colab and f"{minutes:.0f} min" in in_colab
+
+
+def test_a_notebook_that_trains_several_recipes_is_told_their_summed_cost():
+    paths = [helpers.REFERENCE / name for name in ("original-fast.pt", "original-fast.pt", "improved.pt")]
+    minutes = [round(helpers.read_checkpoint(path)["reference"]["training_minutes"]) for path in paths]
+    note = colab.runtime_note(torch.device("cpu"), *paths)
+    assert f"runs of the 3 trainings here took {minutes[0]} + {minutes[1]} + {minutes[2]} = {sum(minutes)} min on CPU" in note
