@@ -223,3 +223,13 @@ def test_setup_cell_locally_finds_the_repository_root(tmp_path):
         assert Path(result.stdout.split()[0]) == helpers.REPO_ROOT / "helpers.py"
     lost = run_setup_cell(tmp_path, {})
     assert lost.returncode != 0 and "helpers.py not found" in lost.stderr
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=[p.name for p in NOTEBOOKS + SOLUTIONS])
+def test_every_drive_folder_is_the_one_stages_7_to_9_look_in(path):
+    """A checkpoint folder on Drive other than DRIVE_CHECKPOINTS' would never be found by stages 7-9."""
+    cells = json.loads(path.read_text())["cells"]
+    code = "\n".join(course_notebooks.source(c) for c in cells if c["cell_type"] == "code")
+    folders = set(re.findall(r"MyDrive/([^/\"'\s]+)/", code))
+    assert folders <= {course_basics.DRIVE_CHECKPOINTS.parent.name}, \
+        f"use machinery.colab.checkpoint_folder(True) instead of a Drive path of its own: {folders}"
