@@ -230,3 +230,22 @@ def test_every_drive_folder_is_the_one_stages_7_to_9_look_in(path):
     folders = set(re.findall(r"MyDrive/([^/\"'\s]+)/", code))
     assert folders <= {course_basics.DRIVE_CHECKPOINTS.parent.name}, \
         f"use machinery.colab.checkpoint_folder(True) instead of a Drive path of its own: {folders}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_a_stage_that_trains_a_recipe_checks_the_runtime_first(path):
+    """Without a GPU a student should hear what the training costs before it starts, not after."""
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    trains = [i for i, c in enumerate(cells) if re.search(r"\b(train_run|SummaryWriter)\(", course_notebooks.source(c))]
+    checks = [i for i, c in enumerate(cells) if "runtime_note(" in course_notebooks.source(c)]
+    if trains:
+        assert checks and checks[0] < trains[0], f"{path.name} trains without printing runtime_note(device) first"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=[p.name for p in NOTEBOOKS + SOLUTIONS])
+def test_sync_leaves_a_stamped_notebook_as_committed(path, tmp_path):
+    """`sync` at the recorded address rewrites nothing: running it never dirties a clean checkout."""
+    copy = tmp_path / path.parent.name / path.name  # notebooks/ or solutions/: the badge names the folder
+    copy.parent.mkdir()
+    shutil.copy(path, copy)
+    assert course_notebooks.sync(copy) is False and copy.read_bytes() == path.read_bytes()

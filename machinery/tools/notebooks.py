@@ -121,7 +121,8 @@ def sync(path: Path, repository: str = ADDRESS["repository"], version: str = ADD
     lines = [line for line in source(title_cell).splitlines() if "colab-badge.svg" not in line]
     while len(lines) > 1 and not lines[1].strip():
         del lines[1]
-    new_title = "\n".join([lines[0], "", badge(path, repository, version), "", *lines[1:]])  # badge under the title
+    ending = "\n" if source(title_cell).endswith("\n") else ""  # splitlines() drops it: keep the cell as it was
+    new_title = "\n".join([lines[0], "", badge(path, repository, version), "", *lines[1:]]) + ending  # badge under the title
     new_setup = setup_cell(repository, version)
     changed = source(title_cell) != new_title or source(setup) != new_setup
     title_cell["source"], setup["source"] = new_title.splitlines(True), new_setup.splitlines(True)  # as Jupyter stores it
