@@ -15,7 +15,6 @@ from machinery.tools import notebooks as course_notebooks
 
 NOTEBOOKS = course_notebooks.notebook_paths()
 SOLUTIONS = course_notebooks.solution_paths()
-WAITING_FOR_A_GPU = {"10_improvements.ipynb"}  # its exercises train for hours on a CPU, minutes on a GPU
 
 
 def test_notebooks_are_numbered_in_order():
@@ -49,9 +48,6 @@ def solved_items(path: Path) -> list[int]:
 def test_every_try_this_has_a_worked_solution(path):
     items = try_this_items(path)
     solution = course_notebooks.SOLUTIONS / path.name.replace(".ipynb", "_solutions.ipynb")
-    if path.name in WAITING_FOR_A_GPU:  # reported as xfailed, and an error once its solutions exist
-        assert not solution.is_file(), f"{solution.name} exists: take {path.name} off WAITING_FOR_A_GPU"
-        pytest.xfail(reason=f"{path.name}'s exercises wait for a GPU session to be solved")
     assert items, f"{path.name} has no numbered Try this exercises"
     assert solution.is_file(), f"no worked solutions for {path.name}: write {solution.relative_to(helpers.REPO_ROOT)}"
     assert solved_items(solution) == items
