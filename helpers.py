@@ -240,7 +240,8 @@ def save_checkpoint(path: Path | str, model: nn.Module, *, recipe: Recipe | None
                "recipe": recipe.name if recipe else None, "settings": recipe.as_dict() if recipe else None,
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                "epoch": epoch, "metrics": dict(metrics or {}), "classes": list(CLASSES),
-               "torch_version": str(torch.__version__), "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "torch_version": str(torch.__version__), "machine": machine(),  # where it trained, threads included
+               "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
                **(extra or {})}
     return write_atomically(payload, path)  # a crash mid-write never leaves half a file at `path`
 

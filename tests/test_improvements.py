@@ -131,3 +131,24 @@ def test_a_trial_reports_validation_figures_only_and_refuses_unknown_settings(da
     assert settings["lr"] == 0.002 and settings["fast"] and settings["train_size"] == 2000
     assert helpers.read_checkpoint(last)["recipe"] == "trial-original-fast-epochs2-lr0.002-train_size2000"  # a variant
     assert (tmp_path / "runs" / "trial-original-fast-epochs2-lr0.002-train_size2000-smoke").is_dir()
+
+
+def test_a_reference_records_the_machine_its_checkpoint_trained_on(tmp_path, monkeypatch):
+    """The thread count a run had is part of its time: shipping it later on other settings keeps it."""
+    from machinery.tools import trials
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        trained_on = helpers.machine()
+        checkpoint = helpers.save_checkpoint(tmp_path / "run.pt", helpers.build_model("original"),
+                                             recipe=helpers.course_settings(), epoch=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert helpers.read_checkpoint(checkpoint)["machine"] == trained_on
+    monkeypatch.setattr(trials, "REFERENCE", tmp_path / "reference")
+    monkeypatch.setattr(trials, "REPO_ROOT", tmp_path)  # it prints the path it wrote, from the root
+    (tmp_path / "reference").mkdir()
+    monkeypatch.setattr(helpers, "machine", lambda: "the shipping machine")
+    shipped = trials.make_reference(checkpoint, "a command", 1.0, name="shipped")
+    assert helpers.read_checkpoint(shipped)["reference"]["machine"] == trained_on
+    assert helpers.read_checkpoint(shipped)["machine"] == trained_on

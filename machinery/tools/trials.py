@@ -22,11 +22,12 @@ def make_reference(checkpoint: Path, command: str, minutes: float, name: str | N
     _, _, test_set = helpers.load_datasets(helpers.course_settings(smoke=False))
     test_loss, test_accuracy = helpers.evaluate(model, helpers.make_loader(test_set, 1000), torch.nn.CrossEntropyLoss(), device)
     reference = {"test_accuracy": test_accuracy, "test_loss": test_loss, "command": command,
-                 "machine": helpers.machine(), "training_minutes": round(minutes, 1)}
+                 # the machine that trained it, as its checkpoint recorded; older checkpoints: this one
+                 "machine": meta.get("machine") or helpers.machine(), "training_minutes": round(minutes, 1)}
     recipe = Recipe.from_dict(meta["settings"]) if meta.get("settings") else None
     path = REFERENCE / f"{name or meta.get('recipe') or meta['model']}.pt"
     helpers.save_checkpoint(path, model, recipe=recipe, epoch=meta.get("epoch"), metrics=meta.get("metrics"),
-                            extra={"reference": reference})
+                            extra={"reference": reference, "machine": reference["machine"]})
     print(f"wrote {path.relative_to(REPO_ROOT)}: test accuracy {test_accuracy:.2%}, loss {test_loss:.4f}")
     return path
 
