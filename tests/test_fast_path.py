@@ -110,9 +110,24 @@ def test_time_to_accuracy_stops_at_the_first_epoch_that_reaches_the_target(small
     assert not missed["reached"] and missed["epochs"] == 3 and 0 <= missed["test_accuracy"] <= 1
 
 
-def test_a_compiled_network_trains_and_saves_checkpoints_an_uncompiled_one_loads(small_sets, cpu, tmp_path):
+class SmallConvNet(nn.Module):
+    """A network that compiles in seconds, not half a minute: one convolution, BatchNorm (so eval mode
+    differs from training), a linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(4))
+        self.classifier = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+def test_a_compiled_network_trains_and_saves_checkpoints_an_uncompiled_one_loads(small_sets, cpu, tmp_path, monkeypatch):
     train, valid, _ = small_sets
-    settings = helpers.course_settings(smoke=True, recipe="original-fast", compile=True, epochs=1, batch_size=128)
+    monkeypatch.setitem(helpers.NETWORKS, "small-conv", SmallConvNet)
+    settings = helpers.course_settings(smoke=True, recipe="original-fast", model="small-conv", compile=True, epochs=1,
+                                       batch_size=128)
     model, optimizer, _, loss_fn = helpers.make_training(settings, cpu, steps_per_epoch=4)
     loader = helpers.DeviceLoader(train, 128, shuffle=True, generator=torch.Generator().manual_seed(0),
                                   channels_last=True)  # 512 images: four batches of one shape
