@@ -53,13 +53,13 @@ needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 
 def make_env() -> dict[str, str]:
     """The environment without what would change make's choices (PYTHON ?= python3, MAKEFLAGS)."""
-    return {k: v for k, v in os.environ.items() if k not in ("PYTHON", "MAKEFLAGS", "MAKELEVEL")}
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHON", "MAKEFLAGS", "MAKELEVEL", "FMNIST_SMOKE")}
 
 
-def make_dry_run(*args: str, cwd=None) -> list[str]:
+def make_dry_run(*args: str, cwd=None, env: dict[str, str] | None = None) -> list[str]:
     """The commands `make -n ARGS` would run, one per line (dry run: nothing is executed)."""
     out = subprocess.run(["make", "-n", *args], cwd=cwd or helpers.REPO_ROOT, check=True,
-                         capture_output=True, text=True, env=make_env()).stdout
+                         capture_output=True, text=True, env={**make_env(), **(env or {})}).stdout
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
@@ -91,6 +91,14 @@ def test_make_train_and_test_run_the_readme_commands():
     for command in TRAIN_COMMANDS + [TEST_COMMAND]:
         assert f"`{command}`" in section, command   # the README says what each target runs
     assert make_dry_run("lab")[-1] == ".venv/bin/jupyter lab notebooks/"
+
+
+@needs_make
+def test_make_train_in_smoke_mode_evaluates_the_checkpoint_it_wrote():
+    smoke_best = helpers.checkpoint_paths(helpers.course_settings(smoke=True))[0].relative_to(helpers.REPO_ROOT)
+    assert make_dry_run("train", env={"FMNIST_SMOKE": "1"})[-1] == \
+        f".venv/bin/python helpers.py evaluate {smoke_best.as_posix()} --json"
+    assert make_dry_run("train", env={"FMNIST_SMOKE": "0"})[-2:] == TRAIN_COMMANDS
 
 
 def test_ci_runs_make_test():
