@@ -33,6 +33,12 @@ def markdown_text(path: Path) -> str:
     return "\n".join(course_notebooks.source(c) for c in cells if c["cell_type"] == "markdown")
 
 
+def code_sources(path: Path) -> list[str]:
+    """A notebook's code cells, as text, in order."""
+    cells = json.loads(path.read_text())["cells"]
+    return [course_notebooks.source(c) for c in cells if c["cell_type"] == "code"]
+
+
 def try_this_items(path: Path) -> list[int]:
     """The numbers of the exercises under a notebook's **Try this** heading."""
     exercises = markdown_text(path).partition("**Try this**")[2].partition("\nNext:")[0]
@@ -221,9 +227,7 @@ def test_setup_cell_locally_finds_the_repository_root(tmp_path):
 @pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=[p.name for p in NOTEBOOKS + SOLUTIONS])
 def test_every_drive_folder_is_the_one_stages_7_to_9_look_in(path):
     """A checkpoint folder on Drive other than DRIVE_CHECKPOINTS' would never be found by stages 7-9."""
-    cells = json.loads(path.read_text())["cells"]
-    code = "\n".join(course_notebooks.source(c) for c in cells if c["cell_type"] == "code")
-    folders = set(re.findall(r"MyDrive/([^/\"'\s]+)/", code))
+    folders = set(re.findall(r"MyDrive/([^/\"'\s]+)/", "\n".join(code_sources(path))))
     assert folders <= {course_basics.DRIVE_CHECKPOINTS.parent.name}, \
         f"use machinery.colab.checkpoint_folder(True) instead of a Drive path of its own: {folders}"
 
@@ -231,9 +235,9 @@ def test_every_drive_folder_is_the_one_stages_7_to_9_look_in(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_a_stage_that_trains_a_recipe_checks_the_runtime_first(path):
     """Without a GPU a student should hear what the training costs before it starts, not after."""
-    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
-    trains = [i for i, c in enumerate(cells) if re.search(r"\b(train_run|SummaryWriter)\(", course_notebooks.source(c))]
-    checks = [i for i, c in enumerate(cells) if "runtime_note(" in course_notebooks.source(c)]
+    cells = code_sources(path)
+    trains = [i for i, code in enumerate(cells) if re.search(r"\b(train_run|SummaryWriter)\(", code)]
+    checks = [i for i, code in enumerate(cells) if "runtime_note(" in code]
     if trains:
         assert checks and checks[0] < trains[0], f"{path.name} trains without printing runtime_note(device) first"
 
