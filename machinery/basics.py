@@ -3,6 +3,7 @@ fix, smoke mode, and the one-line description of this machine."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -37,7 +38,8 @@ def smoke_mode() -> bool:
 
 
 def storing_outputs() -> bool:
-    """True while the course's tools re-run a notebook to store its outputs: nobody watches a dashboard."""
+    """True while the course's tools re-run a notebook to store its outputs: nobody watches a
+    dashboard."""
     return os.environ.get("FMNIST_STORING_OUTPUTS") == "1"
 
 
@@ -62,16 +64,19 @@ def pick_device(name: str = "auto") -> torch.device:
     except RuntimeError:
         raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but this machine has no CUDA GPU: use cpu or auto")
+        raise ValueError(f"device {name!r} asked for, but this machine has no CUDA GPU: "
+                         "use cpu or auto")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r} asked for, but MPS is not available here: use cpu or auto")
+        raise ValueError(f"device {name!r} asked for, but MPS is not available here: "
+                         "use cpu or auto")
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     return device
 
 
 def course_checkpoint(name: str = "original") -> Path:
-    """Your best checkpoint from stage 6 (on Google Drive, else in checkpoints/), otherwise the course's reference."""
+    """Your best checkpoint from stage 6 (on Google Drive, else in checkpoints/), otherwise the
+    course's reference."""
     for folder in (DRIVE_CHECKPOINTS, CHECKPOINTS):
         if (folder / f"{name}.pt").is_file():
             return folder / f"{name}.pt"
@@ -81,16 +86,34 @@ def course_checkpoint(name: str = "original") -> Path:
 def describe_checkpoint(path: Path | str) -> str:
     """Where a checkpoint is and whose it is, for the notebooks that load one."""
     path = Path(path)
-    whose = {DRIVE_CHECKPOINTS: "yours, from stage 6, kept on Google Drive", CHECKPOINTS: "yours, from stage 6",
+    whose = {DRIVE_CHECKPOINTS: "yours, from stage 6, kept on Google Drive",
+             CHECKPOINTS: "yours, from stage 6",
              REFERENCE: "the course's reference"}.get(path.parent)
-    where = f"My Drive/fashion-mnist-cnn/checkpoints/{path.name}" if path.parent == DRIVE_CHECKPOINTS else (
-        f"{path.parent.name}/{path.name}" if whose else str(path))
+    where = (f"My Drive/fashion-mnist-cnn/checkpoints/{path.name}"
+             if path.parent == DRIVE_CHECKPOINTS
+             else (f"{path.parent.name}/{path.name}" if whose else str(path)))
     return f"{where} ({whose})" if whose else where
 
 
 def progress(batches, what: str):
-    """The batches with a progress bar and the time left (tqdm): a widget in Colab and Jupyter, a line
-    in a terminal; off when the output is a file or a CI log, or when TQDM_DISABLE is set."""
+    """The batches with a progress bar and the time left (tqdm): a widget in Colab and Jupyter, a
+    line in a terminal; off when the output is a file or a CI log, or when TQDM_DISABLE is set."""
     from tqdm.auto import tqdm
     off = True if os.environ.get("TQDM_DISABLE") else None  # None: on only where someone watches
     return tqdm(batches, desc=what, unit="batch", leave=False, mininterval=1.0, disable=off)
+
+
+@contextmanager
+def atomic_write(path: Path | str):
+    """A file opened for writing that replaces `path` only when the block ends without an error:
+    a crash or a failed check never leaves half a file at `path` (bytes reach the disk first)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,5 +1,6 @@
-"""`python helpers.py bench`: training images per second of the original recipe and of the fast path,
-side by side on this machine, and on a GPU the time a recipe takes to reach 93% test accuracy."""
+"""`python helpers.py bench`: training images per second of the original recipe and of the fast
+path, side by side on this machine, and on a GPU the time a recipe takes to reach 93% test
+accuracy."""
 from __future__ import annotations
 
 import itertools
@@ -10,16 +11,18 @@ import time
 import torch
 
 import helpers
-from .fast_path import compile_model, make_scaler, mixed_precision
+from .engine import make_eval_loader, make_train_loader, make_training, with_precision
+from .fast_path import DeviceLoader, compile_model, mixed_precision
 
 
 def images_per_second(model, loader, device, precision=None) -> float:
     """Training throughput of one pass over `loader`, after a few untimed warm-up steps."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model, optimizer = with_precision(model, torch.optim.Adam(model.parameters(), lr=1e-3),
+                                      device, precision)
     loss_fn = torch.nn.CrossEntropyLoss()
-    helpers.train_one_epoch(model, itertools.islice(loader, 3), loss_fn, optimizer, device, precision)
+    helpers.train_one_epoch(model, itertools.islice(loader, 3), loss_fn, optimizer, device)
     start = time.perf_counter()
-    helpers.train_one_epoch(model, loader, loss_fn, optimizer, device, precision)  # ends with .item(): synced
+    helpers.train_one_epoch(model, loader, loss_fn, optimizer, device)  # ends with a sync
     return len(loader.dataset) / (time.perf_counter() - start)
 
 
@@ -39,61 +42,76 @@ def bench(images: int = 8192, rounds: int = 3, compiled: bool | None = None) -> 
     subset = helpers.first(train_set, images)
     precision = mixed_precision(device)
     fast_batch = 1024 if device.type == "cuda" else 256
-    fast_loader = helpers.DeviceLoader(subset, fast_batch, shuffle=True, device=device, channels_last=True)
+    fast_loader = DeviceLoader(subset, fast_batch, shuffle=True, device=device, channels_last=True)
     original, fast = [], []
     for round_ in range(rounds):
         torch.manual_seed(round_)
         model = helpers.build_model("original").to(device)
-        original.append(images_per_second(model, helpers.make_loader(subset, 16, shuffle=True, device=device), device))
+        original.append(images_per_second(model, helpers.make_loader(subset, 16, shuffle=True,
+                                                                      device=device),
+                                          device))
         model = helpers.build_model("original").to(device, memory_format=torch.channels_last)
         fast.append(images_per_second(model, fast_loader, device, precision))
     compiled_rate = None
     if compiled or (compiled is None and device.type == "cuda"):
-        model = compile_model(helpers.build_model("original").to(device, memory_format=torch.channels_last), device)
-        images_per_second(model, fast_loader, device, precision)  # the first pass pays for compiling
-        compiled_rate = statistics.median(images_per_second(model, fast_loader, device, precision) for _ in range(rounds))
+        model = compile_model(helpers.build_model("original")
+                              .to(device, memory_format=torch.channels_last), device)
+        # the first pass pays for compiling
+        images_per_second(model, fast_loader, device, precision)
+        compiled_rate = statistics.median(images_per_second(model, fast_loader, device, precision)
+                                          for _ in range(rounds))
     a, b = statistics.median(original), statistics.median(fast)
-    report = {"machine": helpers.machine(), "device": str(device), "images_per_round": images, "rounds": rounds,
+    report = {"machine": helpers.machine(), "device": str(device), "images_per_round": images,
+              "rounds": rounds,
               "original_recipe_images_per_s": round(a), "fast_path_images_per_s": round(b),
-              "fast_path_batch": fast_batch, "precision": str(precision).replace("torch.", "") if precision else "float32",
+              "fast_path_batch": fast_batch,
+              "precision": str(precision).replace("torch.", "") if precision else "float32",
               "ratio": round(b / a, 2)}
     if compiled_rate:
-        report.update(fast_path_compiled_images_per_s=round(compiled_rate), compiled_ratio=round(compiled_rate / a, 2))
+        report.update(fast_path_compiled_images_per_s=round(compiled_rate),
+                      compiled_ratio=round(compiled_rate / a, 2))
     if device.type == "cuda":  # on a CPU this would take the better part of an hour
-        report["improved_to_93"] = time_to_accuracy(helpers.course_settings(smoke=False, recipe="improved"),
+        report["improved_to_93"] = time_to_accuracy(helpers.course_settings(smoke=False,
+                                                                            recipe="improved"),
                                                     train_set, test_set, device)
     return report
 
 
 def seeded_run(settings, train_set, test_set, device) -> tuple:
-    """A recipe's seeded start: train and test loaders, a fresh network, optimizer, scheduler, loss."""
+    """A recipe's seeded start: train and test loaders, a fresh network, optimizer, scheduler,
+    loss."""
     generator = helpers.seed_everything(settings.seed)
-    train_loader = helpers.make_train_loader(settings, train_set, generator, device)
-    test_loader = helpers.make_eval_loader(settings, test_set, device)
-    return (train_loader, test_loader, *helpers.make_training(settings, device, len(train_loader)))
+    train_loader = make_train_loader(settings, train_set, generator, device)
+    test_loader = make_eval_loader(settings, test_set, device)
+    return (train_loader, test_loader, *make_training(settings, device, len(train_loader)))
 
 
 def time_to_accuracy(settings, train_set, test_set, device, target: float = 0.93) -> dict:
-    """Wall time of a recipe until its test accuracy, checked after every epoch, first reaches `target`.
+    """Wall time of a recipe until its test accuracy, checked after every epoch, first reaches
+    `target`.
 
     The clock includes the per-epoch test evaluations (you must look to know you are there) and
     starts after one untimed warm-up step, which pays for CUDA's and cuDNN's start-up.
     """
-    train_loader, test_loader, model, optimizer, scheduler, loss_fn = seeded_run(settings, train_set, test_set, device)
+    train_loader, test_loader, model, optimizer, _, loss_fn = seeded_run(settings, train_set,
+                                                                          test_set, device)
     precision = mixed_precision(device)
     warm_up = helpers.build_model(settings.model).to(device, memory_format=torch.channels_last)
-    batch = (torch.rand(settings.batch_size, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last),
-             torch.randint(0, 10, (settings.batch_size,), device=device))  # leaves the seeded generator alone
-    helpers.train_one_epoch(warm_up, [batch], loss_fn, torch.optim.SGD(warm_up.parameters(), lr=0.0), device, precision)
-    scaler = make_scaler(device, precision)  # one per run, as fit makes it
+    batch = (torch.rand(settings.batch_size, 1, 28, 28, device=device),
+             torch.randint(0, 10, (settings.batch_size,), device=device))  # no seeded draws
+    still = torch.optim.SGD(warm_up.parameters(), lr=0.0)
+    helpers.train_one_epoch(*with_precision(warm_up, still, device, precision)[:1], [batch],
+                            loss_fn, still, device)
+    trained, stepper = with_precision(model, optimizer, device, precision)  # one scaler per run
     start = time.perf_counter()
     accuracy = 0.0
     for epoch in range(1, settings.epochs + 1):
-        helpers.train_one_epoch(model, train_loader, loss_fn, optimizer, device, precision, scheduler, scaler)
+        helpers.train_one_epoch(trained, train_loader, loss_fn, stepper, device)
         _, accuracy = helpers.evaluate(model, test_loader, torch.nn.CrossEntropyLoss(), device)
         if accuracy >= target:
             break
-    return {"target": target, "reached": accuracy >= target, "epochs": epoch, "test_accuracy": round(accuracy, 4),
+    return {"target": target, "reached": accuracy >= target, "epochs": epoch,
+            "test_accuracy": round(accuracy, 4),
             "seconds": round(time.perf_counter() - start, 2), "model": settings.model,
             "recipe": settings.name}
 
@@ -104,7 +122,8 @@ def print_bench(json_output: bool = False, compiled: bool | None = None) -> dict
     result = bench(compiled=compiled)
     print(json.dumps(result) if json_output else
           f"original recipe {result['original_recipe_images_per_s']:,} images/s, fast path "
-          f"{result['fast_path_images_per_s']:,} images/s: {result['ratio']}x on {result['machine']}"
+          f"{result['fast_path_images_per_s']:,} images/s: {result['ratio']}x "
+          f"on {result['machine']}"
           + (f"; compiled fast path {result['fast_path_compiled_images_per_s']:,} images/s: "
              f"{result['compiled_ratio']}x" if "compiled_ratio" in result else ""))
     return result

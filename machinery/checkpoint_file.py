@@ -1,54 +1,61 @@
-"""The checkpoint file: its format, the atomic write, the safe read, and errors a student can act on.
+"""The checkpoint file: its format, the atomic write, the safe read, and errors a student can act
+on.
 
-helpers.save_checkpoint decides what a checkpoint holds; this module writes and reads the file.
+helpers.save_checkpoint saves one; this module decides what the file holds, writes and reads it.
 """
 from __future__ import annotations
 
-import os
 import pickle
+import time
 import zipfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from .basics import CheckpointError
+from .basics import CLASSES, CheckpointError, atomic_write, machine
 
 CHECKPOINT_FORMAT = "fmnist-course-checkpoint/1"
+
+
+def checkpoint_payload(model: nn.Module, network: str | None, **about) -> dict:
+    """What a checkpoint file holds: the weights (on the CPU), which network they fit, where and
+    when they were trained, and whatever `about` adds (epoch, figures, recipe, training state)."""
+    return {"format": CHECKPOINT_FORMAT, "model": network, "architecture": type(model).__name__,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "classes": list(CLASSES), "torch_version": str(torch.__version__),
+            "machine": machine(), "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"), **about}
 
 
 def write_atomically(payload: dict, path: Path | str) -> Path:
     """torch.save `payload` to `path`; a crash mid-write never leaves a half-written file there."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
-        os.replace(tmp, path)    # atomic: readers see the old file or the new one, never half
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as file:
+        torch.save(payload, file)
     return path
 
 
 def read_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> dict:
-    """The checkpoint's contents as a dict; a bare state_dict (the original notebook's) is wrapped."""
+    """The checkpoint's contents as a dict; a bare state_dict (the original notebook's) is
+    wrapped."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # torch raises many types here: zip, pickle, EOF, runtime errors
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {why_unreadable(path, e)}") from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: "
+                              f"{why_unreadable(path, e)}") from None
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
         return payload
-    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+    if (isinstance(payload, dict) and payload
+            and all(isinstance(v, torch.Tensor) for v in payload.values())):
         # torch.save(model.state_dict(), ...) as in the original notebook: assume its network
         return {"format": "bare state_dict", "model": "original", "state_dict": payload,
                 "epoch": None, "metrics": {}}
-    raise CheckpointError(f"{path} holds a {type(payload).__name__}, not a course checkpoint or a state_dict")
+    raise CheckpointError(f"{path} holds a {type(payload).__name__}, "
+                          f"not a course checkpoint or a state_dict")
 
 
 def why_unreadable(path: Path, error: Exception) -> str:
@@ -58,7 +65,8 @@ def why_unreadable(path: Path, error: Exception) -> str:
         return "the file is empty"
     if head == b"PK\x03\x04" and not zipfile.is_zipfile(path):
         return "the file is cut short (an interrupted download or copy?): copy it again"
-    if not head.startswith((b"PK", b"\x80")):  # torch.save writes a zip archive (old torch: a pickle)
+    # torch.save writes a zip archive (old torch: a pickle)
+    if not head.startswith((b"PK", b"\x80")):
         return "torch.save writes a zip archive and this file is not one (a text file? an image?)"
     if isinstance(error, pickle.UnpicklingError):
         return ("it holds Python objects that safe (weights-only) loading refuses: not a course "

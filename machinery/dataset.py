@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torchvision import datasets
 
-from .basics import DATA_ROOT, DatasetError
+from .basics import DATA_ROOT, DatasetError, atomic_write
 
 # SHA-256 of the decompressed original files. Debian's .gz files differ from the ones torchvision
 # downloads (other gzip headers), so we check what is inside, not the archives.
@@ -55,23 +55,22 @@ def find_original_file(folder: Path, name: str) -> Path | None:
 
 def copy_decompressed(src: Path, dest: Path) -> None:
     """Copy src (gz or plain) to dest decompressed, check its SHA-256, then move it into place."""
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    digest = hashlib.sha256()
     try:
         opener = gzip.open if src.suffix == ".gz" else open
-        with opener(src, "rb") as fin, open(tmp, "wb") as fout:
+        with opener(src, "rb") as fin, atomic_write(dest) as fout:
             while chunk := fin.read(1 << 20):
                 fout.write(chunk)
-        if sha256_of(tmp) != RAW_SHA256[dest.name]:
-            raise DatasetError(f"{src} is not the original Fashion-MNIST file (SHA-256 mismatch): "
-                               f"replace it with a good copy, or " + HOW_TO_GET_DATA)
-        os.replace(tmp, dest)
+                digest.update(chunk)
+            if digest.hexdigest() != RAW_SHA256[dest.name]:  # raised inside: dest is untouched
+                raise DatasetError(f"{src} is not the original Fashion-MNIST file (SHA-256 "
+                                   f"mismatch): replace it with a good copy, or " + HOW_TO_GET_DATA)
     except (EOFError, gzip.BadGzipFile, OSError) as e:
         if isinstance(e, PermissionError):
-            raise DatasetError(f"cannot write {dest}: choose a writable data folder ({e.strerror})") from None
+            raise DatasetError(f"cannot write {dest}: choose a writable data folder "
+                               f"({e.strerror})") from None
         raise DatasetError(f"{src} is truncated or corrupt ({e}): replace it with a good copy, or "
                            + HOW_TO_GET_DATA) from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def download_with_torchvision(root: Path) -> None:

@@ -14,7 +14,8 @@ from .basics import CHECKPOINTS, smoke_mode
 
 @dataclass(frozen=True)
 class Recipe:
-    """The hyper-parameters of one training run, under a name; the defaults are the original notebook's."""
+    """The hyper-parameters of one training run, under a name; the defaults are the original
+    notebook's."""
     name: str
     model: str = "original"         # a network of helpers.NETWORKS (build_model checks the name)
     epochs: int = 50
@@ -28,16 +29,19 @@ class Recipe:
     train_size: int | None = None   # None: all 50,000 training images
     valid_size: int | None = None   # None: all 10,000 validation images
     test_size: int | None = None    # None: all 10,000 test images
-    fast: bool = False              # the fast path: data on the device, channels-last, mixed precision
-    optimizer: str = "adam"         # "adam" (L2 weight decay, as the original) or "adamw" (decoupled)
-    schedule: str = "plateau"       # "plateau" (ReduceLROnPlateau) or "onecycle" (up, then down, per step)
+    fast: bool = False              # the fast path: data on the device, channels-last, mixed
+                                    # precision
+    optimizer: str = "adam"         # "adam" (L2 weight decay, as the original) or "adamw"
+                                    # (decoupled)
+    schedule: str = "plateau"       # "plateau" (ReduceLROnPlateau) or "onecycle" (up, then down,
+                                    # per step)
     augment: bool = False           # random 2-pixel shifts and mirror images (fast path only)
-    erase: float = 0.0              # random erasing: the chance that a training image gets one random
-                                    # rectangle set to 0 (fast path only; untested on a GPU, in no recipe)
     label_smoothing: float = 0.0    # CrossEntropyLoss(label_smoothing=...): softer targets
-    compile: bool = False           # torch.compile the network (CUDA graphs on a GPU): fast_path.compile_model
-    final_fit: bool = False         # train on all 60,000 images (train + validation): the last step, once
-                                    # validation has chosen the recipe; its "valid" figures are then not held out
+    compile: bool = False           # torch.compile the network (CUDA graphs on a GPU):
+                                    # fast_path.compile_model
+    final_fit: bool = False         # train on all 60,000 images (train + validation): the last
+                                    # step, once validation has chosen the recipe; its "valid"
+                                    # figures are then not held out
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "lr_patience", "stop_patience"):
@@ -48,20 +52,20 @@ class Recipe:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be zero or positive, got {self.weight_decay!r}")
-        for name, allowed in (("optimizer", ("adam", "adamw")), ("schedule", ("plateau", "onecycle"))):
+        for name, allowed in (("optimizer", ("adam", "adamw")),
+                              ("schedule", ("plateau", "onecycle"))):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}: choose {' or '.join(allowed)}")
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}: "
+                                 f"choose {' or '.join(allowed)}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in 0..1, got {self.label_smoothing!r}")
         if self.final_fit and self.schedule != "onecycle":
-            raise ValueError("final_fit needs a fixed-length schedule (onecycle): the plateau schedule and early "
-                             "stopping watch the validation loss, and a final fit has no held-out validation")
+            raise ValueError("final_fit needs a fixed-length schedule (onecycle): the plateau "
+                             "schedule and early stopping watch the validation loss, and a final "
+                             "fit has no held-out validation")
         if self.augment and not self.fast:
-            raise ValueError("augment=True needs the fast path (fast=True): augmentation runs on the device")
-        if not 0 <= self.erase <= 1:
-            raise ValueError(f"erase must be a probability in 0..1, got {self.erase!r}")
-        if self.erase and not self.fast:
-            raise ValueError(f"erase={self.erase!r} needs the fast path (fast=True): erasing runs on the device")
+            raise ValueError("augment=True needs the fast path (fast=True): "
+                             "augmentation runs on the device")
 
     def as_dict(self) -> dict:
         """The recipe as plain values, as checkpoints record it."""
@@ -69,21 +73,25 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, saved: dict) -> Recipe:
-        """A recipe recorded in a checkpoint; checkpoints from before recipes had names get 'unnamed'."""
+        """A recipe recorded in a checkpoint; checkpoints from before recipes had names get
+        'unnamed'."""
         return cls(**{"name": "unnamed", **saved})
 
 
 # The course's recipes: stages 5-6 teach the original; stage 10 climbs to the others.
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
-    Recipe("original"),  # the original notebook: batch 16, Adam 1e-3, ReduceLROnPlateau, early stopping
+    # the original notebook: batch 16, Adam 1e-3, ReduceLROnPlateau, early stopping
+    Recipe("original"),
     Recipe("original-fast", fast=True, batch_size=128, epochs=25, lr=3e-3, schedule="onecycle"),
-    Recipe("improved", model="improved", fast=True, batch_size=256, epochs=24, lr=4e-3, optimizer="adamw",
-           weight_decay=0.05, schedule="onecycle", augment=True, label_smoothing=0.1),
+    Recipe("improved", model="improved", fast=True, batch_size=256, epochs=24, lr=4e-3,
+           optimizer="adamw", weight_decay=0.05, schedule="onecycle", augment=True,
+           label_smoothing=0.1),
 )}
 
 
 def smoke_sized(settings: Recipe, smoke: bool | None = None) -> Recipe:
-    """The recipe; in smoke mode (smoke=None: as FMNIST_SMOKE says) a few thousand images and two epochs."""
+    """The recipe; in smoke mode (smoke=None: as FMNIST_SMOKE says) a few thousand images and two
+    epochs."""
     if smoke_mode() if smoke is None else smoke:
         settings = replace(settings, epochs=2, train_size=4000, valid_size=1000, test_size=1000)
     return settings
@@ -96,23 +104,26 @@ def course_settings(smoke: bool | None = None, recipe: str = "original", **overr
     return replace(smoke_sized(RECIPES[recipe], smoke), **overrides)
 
 
-# Stage 10 as a controlled experiment: from original-fast to improved, one idea per rung. Each rung is
-# (name, what it changes, changes), applied with dataclasses.replace on top of the rung before, so a
-# rung differs from the one before in its `changes` only; the last rung is RECIPES["improved"] but for
-# its name (tests/test_ladder.py checks both). Random erasing is not a rung: untested on a GPU.
+# Stage 10 as a controlled experiment: from original-fast to improved, one idea per rung. Each rung
+# is (name, what it changes, changes), applied with dataclasses.replace on top of the rung before,
+# so a rung differs from the one before in its `changes` only; the last rung is RECIPES["improved"]
+# but for its name (tests/test_ladder.py checks both).
 LADDER: list[tuple[str, str, dict]] = [
     ("fast-path", "the fast path: original-fast itself, the ladder's base (no change)", {}),
-    ("improved-network", "the improved network (a small ResNet), nothing else", {"model": "improved"}),
-    ("adamw", "decoupled weight decay: AdamW with weight decay 0.05", {"optimizer": "adamw", "weight_decay": 0.05}),
+    ("improved-network", "the improved network (a small ResNet), nothing else",
+     {"model": "improved"}),
+    ("adamw", "decoupled weight decay: AdamW with weight decay 0.05",
+     {"optimizer": "adamw", "weight_decay": 0.05}),
     ("augment", "augmentation: random 2-pixel shifts and mirror images", {"augment": True}),
     ("label-smoothing", "label smoothing 0.1", {"label_smoothing": 0.1}),
-    ("batch-lr-length", "the improved recipe's batch size, learning rate and length: batch 256, one-cycle to "
-     "4e-3, 24 epochs", {"batch_size": 256, "lr": 4e-3, "epochs": 24}),
+    ("batch-lr-length", "the improved recipe's batch size, learning rate and length: batch 256, "
+     "one-cycle to 4e-3, 24 epochs", {"batch_size": 256, "lr": 4e-3, "epochs": 24}),
 ]
 
 
 def ladder_recipes(smoke: bool | None = None) -> list[Recipe]:
-    """The ladder's rungs as recipes named ladder-I-NAME, from RECIPES["original-fast"]; smoke mode shrinks each."""
+    """The ladder's rungs as recipes named ladder-I-NAME, from RECIPES["original-fast"]; smoke mode
+    shrinks each."""
     rungs, recipe = [], RECIPES["original-fast"]
     for i, (name, _, changes) in enumerate(LADDER):
         recipe = replace(recipe, name=f"ladder-{i}-{name}", **changes)
@@ -126,8 +137,10 @@ def recipe_for_network(network: str, fast: bool = False) -> str:
     names.sort(key=lambda name: RECIPES[name].fast != fast)  # an exact match on the path first
     if not names:
         trained = sorted({r.model for r in RECIPES.values()})
-        raise ValueError(f"no recipe trains the network {network!r}{' on the fast path' if fast else ''}: "
-                         f"networks with a recipe: {', '.join(trained)} (add one to machinery.recipes.RECIPES)")
+        raise ValueError(f"no recipe trains the network {network!r}"
+                         f"{' on the fast path' if fast else ''}: "
+                         f"networks with a recipe: {', '.join(trained)} "
+                         f"(add one to machinery.recipes.RECIPES)")
     return names[0]
 
 
@@ -149,4 +162,5 @@ def checkpoint_paths(recipe: Recipe, folder: Path | str = CHECKPOINTS,
 
 def run_name(recipe: Recipe) -> str:
     """A readable TensorBoard run name: recipe, batch size, learning rate and start time."""
-    return f"{recipe.name}-b{recipe.batch_size}-lr{recipe.lr:g}{variant_suffix(recipe)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return (f"{recipe.name}-b{recipe.batch_size}-lr{recipe.lr:g}{variant_suffix(recipe)}-"
+            f"{time.strftime('%Y%m%d-%H%M%S')}")

@@ -1,5 +1,5 @@
-"""A recipe trained end to end, as `python helpers.py train` runs it, and checkpoints evaluated on the
-test set, as `python helpers.py evaluate` does. The layer above helpers: it assembles its parts."""
+"""The command line's jobs: a recipe trained end to end and reported on the test set, as
+`python helpers.py train` runs it, and checkpoints evaluated, as `python helpers.py evaluate`."""
 from __future__ import annotations
 
 import time
@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 import helpers
+from . import engine
 from .basics import CheckpointError, RUNS_ROOT
 from .checkpoint_file import read_checkpoint
 from .fast_path import DeviceLoader
@@ -24,10 +25,12 @@ def choose_recipe(network: str | None = None, recipe: str | None = None, fast: b
     """
     if network is not None:
         helpers.build_model(network)  # the one check of network names: an unknown one fails here
-    chosen = course_settings(smoke=smoke or None, recipe=recipe or recipe_for_network(network or "original", fast),
+    chosen = course_settings(smoke=smoke or None,
+                             recipe=recipe or recipe_for_network(network or "original", fast),
                              **overrides)
     if network is not None and chosen.model != network:
-        raise ValueError(f"recipe {chosen.name!r} trains the {chosen.model!r} network, not {network!r}")
+        raise ValueError(f"recipe {chosen.name!r} trains the {chosen.model!r} network, "
+                         f"not {network!r}")
     return chosen
 
 
@@ -36,16 +39,17 @@ def resumed_recipe(last_checkpoint: Path | str, **overrides) -> tuple[Recipe, di
     saved = read_checkpoint(last_checkpoint)
     state = saved.get("training_state")
     if state is None or not saved.get("settings"):
-        raise CheckpointError(f"{last_checkpoint} is not the last checkpoint of a run: nothing to resume")
+        raise CheckpointError(f"{last_checkpoint} is not the last checkpoint of a run: "
+                              f"nothing to resume")
     allowed = {k: v for k, v in overrides.items() if k in ("epochs", "compile") and v}
     return replace(Recipe.from_dict(saved["settings"]), **allowed), state
 
 
 def train(recipe: Recipe, device: torch.device, *, data: Path | str, runs: Path | str = RUNS_ROOT,
-          out: Path | str | None = None, resume: Path | str | None = None, state: dict | None = None,
-          log=print) -> dict:
+          out: Path | str | None = None, resume: Path | str | None = None,
+          state: dict | None = None, log=print) -> dict:
     """Train a recipe end to end, keep its best and last checkpoints, and report test accuracy."""
-    train_set, valid_set, test_set = helpers.load_datasets(recipe, root=data)
+    train_set, valid_set, test_set = engine.recipe_datasets(recipe, data)
     best_path, last_path = checkpoint_paths(recipe)
     if out:
         best_path = Path(out)
@@ -59,18 +63,21 @@ def train(recipe: Recipe, device: torch.device, *, data: Path | str, runs: Path 
         best_path = None
         log("final fit: the validation images are in the training set, so the validation figures "
             "below are not an estimate of test accuracy")
-    model, history, minutes = helpers.train_run(recipe, train_set, valid_set, device, run_dir=run_dir,
-                                                best_path=best_path, last_path=last_path, resume=resume, log=log)
+    model, history, minutes = engine.train_run(recipe, train_set, valid_set, device,
+                                               run_dir=run_dir, best_path=best_path,
+                                               last_path=last_path, resume=resume, log=log)
     if history.interrupted:
         raise KeyboardInterrupt
-    test_loader = helpers.make_eval_loader(recipe, test_set, device)
+    test_loader = engine.make_eval_loader(recipe, test_set, device)
     loss_fn = nn.CrossEntropyLoss()  # test loss without label smoothing, comparable across recipes
-    report = {"recipe": recipe.name, "model": recipe.model, "epochs": history.epochs, "minutes": minutes,
-              "stopped_early": history.stopped_early, "test_images": len(test_set), "train_images": len(train_set),
+    report = {"recipe": recipe.name, "model": recipe.model, "epochs": history.epochs,
+              "minutes": minutes, "stopped_early": history.stopped_early,
+              "test_images": len(test_set), "train_images": len(train_set),
               "last": (*helpers.evaluate(model, test_loader, loss_fn, device), str(last_path))}
     if best_path is not None:
         best_model, _ = helpers.load_checkpoint(best_path, device)
-        report["best"] = (*helpers.evaluate(best_model, test_loader, loss_fn, device), str(best_path))
+        report["best"] = (*helpers.evaluate(best_model, test_loader, loss_fn, device),
+                          str(best_path))
         report["best_epoch"] = history.best_epoch
     return report
 
@@ -84,8 +91,10 @@ def evaluate_checkpoints(paths: list[Path], device: torch.device, data: Path | s
     for path, model, meta in models:
         model = model.to(memory_format=torch.channels_last)
         start = time.perf_counter()
-        test_loss, test_accuracy = helpers.evaluate(model, test_loader, nn.CrossEntropyLoss(), device)
+        test_loss, test_accuracy = helpers.evaluate(model, test_loader, nn.CrossEntropyLoss(),
+                                                    device)
         yield {"checkpoint": str(path), "model": meta["model"], "recipe": meta.get("recipe"),
-               "params": helpers.count_parameters(model), "test_accuracy": test_accuracy, "test_loss": test_loss,
+               "params": helpers.count_parameters(model), "test_accuracy": test_accuracy,
+               "test_loss": test_loss,
                "test_images": len(test_set), "epoch": meta.get("epoch"), "device": str(device),
                "seconds": round(time.perf_counter() - start, 2)}

@@ -1,5 +1,4 @@
 """The command line: `python helpers.py train | evaluate`, and one clear line on bad input."""
-import json
 import fcntl
 import os
 import pty
@@ -31,25 +30,29 @@ def smoke_checkpoint(tmp_path_factory, data_root):
     result = run_cli("train", "--epochs", "1", "--smoke", "--out", str(out),
                      "--runs", str(out.parent / "runs"), "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    assert "%|" not in result.stderr and "\r" not in result.stderr  # output to a file or a CI log: no progress bar
+    # output to a file or a CI log: no progress bar
+    assert "%|" not in result.stderr and "\r" not in result.stderr
     return out, result.stdout
 
 
 def test_train_smoke_reports_test_accuracy_and_saves_both_checkpoints(smoke_checkpoint):
     out, stdout = smoke_checkpoint
     assert "epoch   1/1" in stdout and "test accuracy on 1,000 images" in stdout
-    assert "(at most 0 min left)" in stdout  # the time left in the run, after each epoch
+    assert "(~0 min left)" in stdout  # the time left in the run, after each epoch
     assert out.is_file() and out.with_name("smoke-last.pt").is_file()
     assert list((out.parent / "runs").glob("original-b16-*-smoke-*/events.out.tfevents.*"))
 
 
 def test_training_in_a_terminal_shows_a_progress_bar_with_the_time_left(tmp_path, data_root):
-    primary, secondary = pty.openpty()  # a terminal of 24 x 100 characters, as a student's shell gives
+    # a terminal of 24 x 100 characters, as a student's shell gives
+    primary, secondary = pty.openpty()
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("FMNIST_SMOKE", "TQDM_DISABLE")}
-    process = subprocess.Popen([sys.executable, HELPERS, "train", "--fast", "--epochs", "1", "--smoke", "--out",
-                                str(tmp_path / "tty.pt"), "--runs", str(tmp_path / "runs"), "--device", "cpu"],
-                               stdout=subprocess.DEVNULL, stderr=secondary, env=env, cwd=helpers.REPO_ROOT)
+    process = subprocess.Popen([sys.executable, HELPERS, "train", "--fast", "--epochs", "1",
+                                "--smoke", "--out", str(tmp_path / "tty.pt"),
+                                "--runs", str(tmp_path / "runs"), "--device", "cpu"],
+                               stdout=subprocess.DEVNULL, stderr=secondary, env=env,
+                               cwd=helpers.REPO_ROOT)
     os.close(secondary)
     seen = b""
     while True:
@@ -67,8 +70,8 @@ def test_training_in_a_terminal_shows_a_progress_bar_with_the_time_left(tmp_path
 
 def test_a_final_fit_reports_its_last_epoch_only(tmp_path, data_root):
     out = tmp_path / "final.pt"
-    result = run_cli("train", "--fast", "--final-fit", "--epochs", "1", "--smoke", "--out", str(out),
-                     "--runs", str(tmp_path / "runs"), "--device", "cpu")
+    result = run_cli("train", "--fast", "--final-fit", "--epochs", "1", "--smoke",
+                     "--out", str(out), "--runs", str(tmp_path / "runs"), "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "final fit: the validation images are in the training set" in result.stdout
     last_line = result.stdout.strip().splitlines()[-1]
@@ -81,8 +84,10 @@ def test_a_final_fit_reports_its_last_epoch_only(tmp_path, data_root):
 
 @pytest.mark.parametrize("args, message", [
     (["train", "--epochs", "0"], "argument --epochs: must be at least 1"),
-    (["train", "--batch-size", "sixteen"], "argument --batch-size: 'sixteen' is not a whole number"),
-    (["train", "--model", "resnet50"], "unknown network 'resnet50': choose one of original, improved"),
+    (["train", "--batch-size", "sixteen"],
+     "argument --batch-size: 'sixteen' is not a whole number"),
+    (["train", "--model", "resnet50"],
+     "unknown network 'resnet50': choose one of original, improved"),
     (["train", "--smoke", "--device", "gpu"], "unknown device 'gpu'"),
     (["evaluate", "missing.pt"], "no checkpoint at missing.pt"),
     (["evaluate", "requirements.txt"], "requirements.txt is not a readable PyTorch checkpoint"),
@@ -105,12 +110,14 @@ def test_bad_checkpoint_through_the_real_command_line(tmp_path):
     (tmp_path / "notes.pt").write_text("not a checkpoint")
     result = run_cli("evaluate", str(tmp_path / "notes.pt"))
     assert result.returncode == 1
-    assert result.stderr.startswith("error: ") and "notes.pt is not a readable PyTorch checkpoint" in result.stderr
+    assert (result.stderr.startswith("error: ")
+            and "notes.pt is not a readable PyTorch checkpoint" in result.stderr)
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
 def test_missing_data_exits_with_one_clear_line(tmp_path):
-    result = run_cli("evaluate", str(helpers.REFERENCE / "original.pt"), "--data", str(tmp_path / "data"),
+    result = run_cli("evaluate", str(helpers.REFERENCE / "original.pt"),
+                     "--data", str(tmp_path / "data"),
                      env={"FMNIST_DATA": str(tmp_path / "empty")})
     assert result.returncode == 1
     assert "does not hold all four Fashion-MNIST files" in result.stderr
@@ -128,16 +135,19 @@ class TinyNet(nn.Module):
         return self.classifier(x.flatten(1))
 
 
-def test_a_third_network_and_its_recipe_are_one_entry_each_and_train_as_asked(monkeypatch, tmp_path, data_root):
+def test_a_third_network_and_its_recipe_are_one_entry_each_and_train_as_asked(
+        monkeypatch, tmp_path, data_root):
     monkeypatch.setitem(helpers.NETWORKS, "tiny", TinyNet)
     monkeypatch.setitem(recipes.RECIPES, "tiny-fast", recipes.Recipe(
-        "tiny-fast", model="tiny", fast=True, batch_size=256, epochs=3, lr=3e-3, schedule="onecycle"))
+        "tiny-fast", model="tiny", fast=True, batch_size=256, epochs=3, lr=3e-3,
+        schedule="onecycle"))
     out = tmp_path / "tiny.pt"
     status = cli.main(["train", "--model", "tiny", "--smoke", "--epochs", "1", "--out", str(out),
                        "--runs", str(tmp_path / "runs"), "--device", "cpu"])
     assert status == 0
     saved = helpers.read_checkpoint(tmp_path / "tiny-last.pt")
-    assert (saved["model"], saved["recipe"], saved["architecture"]) == ("tiny", "tiny-fast", "TinyNet")
+    assert ((saved["model"], saved["recipe"], saved["architecture"])
+            == ("tiny", "tiny-fast", "TinyNet"))
     assert saved["settings"]["epochs"] == 1 and saved["settings"]["fast"]
     assert [p.name.split("-b256-")[0] for p in (tmp_path / "runs").iterdir()] == ["tiny-fast"]
     model, meta = helpers.load_checkpoint(out)
@@ -149,6 +159,7 @@ def test_the_command_line_never_trains_another_network_than_the_one_asked_for(mo
     assert cli.main(["train", "--model", "tiny", "--smoke"]) == 1
     assert "no recipe trains the network 'tiny'" in capsys.readouterr().err
     assert cli.main(["train", "--model", "improved", "--recipe", "original", "--smoke"]) == 1
-    assert "recipe 'original' trains the 'original' network, not 'improved'" in capsys.readouterr().err
+    assert ("recipe 'original' trains the 'original' network, not 'improved'"
+            in capsys.readouterr().err)
     assert cli.main(["train", "--recipe", "no-such-recipe", "--smoke"]) == 1
     assert "unknown recipe 'no-such-recipe'" in capsys.readouterr().err

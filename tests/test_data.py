@@ -37,20 +37,25 @@ def test_split_sizes_and_test_set(data_root):
 
 
 def test_split_is_the_same_for_everyone(data_root):
-    first_train, first_valid, _ = helpers.load_datasets(helpers.course_settings(smoke=False), root=data_root)
+    first_train, first_valid, _ = helpers.load_datasets(helpers.course_settings(smoke=False),
+                                                        root=data_root)
     torch.manual_seed(1234)  # the global RNG must not matter
-    again_train, again_valid, _ = helpers.load_datasets(helpers.course_settings(smoke=False), root=data_root)
+    again_train, again_valid, _ = helpers.load_datasets(helpers.course_settings(smoke=False),
+                                                        root=data_root)
     assert first_train.indices == again_train.indices
     assert first_valid.indices == again_valid.indices
     assert first_train.indices[:5] != list(range(5))  # shuffled, not the first images
 
 
 def test_a_final_fit_trains_on_the_validation_images_too(data_root):
+    from machinery import engine
     train, valid, _ = helpers.load_datasets(helpers.course_settings(smoke=False), root=data_root)
-    final, final_valid, _ = helpers.load_datasets(helpers.course_settings(smoke=False, recipe="improved",
-                                                                          final_fit=True), root=data_root)
+    final_recipe = helpers.course_settings(smoke=False, recipe="improved", final_fit=True)
+    final, final_valid, _ = engine.recipe_datasets(final_recipe, data_root)
     assert len(final) == 60_000 and sorted(final.indices) == list(range(60_000))
     assert final.indices[:50_000] == train.indices and final_valid.indices == valid.indices
+    plain, _, _ = engine.recipe_datasets(helpers.course_settings(smoke=False), data_root)
+    assert plain.indices == train.indices
 
 
 def test_smoke_subsets_are_small_and_drawn_from_the_same_split(data_root):
@@ -94,9 +99,11 @@ def gz_copy_with(tmp_path, broken_name: str, payload: bytes, compress: bool = Tr
 
 def test_truncated_gz_is_named_and_nothing_is_kept(monkeypatch, tmp_path, no_local_copy):
     good = (DEBIAN_COPY / "train-labels-idx1-ubyte.gz").read_bytes()
-    folder = gz_copy_with(tmp_path, "train-labels-idx1-ubyte", good[: len(good) // 2], compress=False)
+    folder = gz_copy_with(tmp_path, "train-labels-idx1-ubyte", good[: len(good) // 2],
+                          compress=False)
     monkeypatch.setenv("FMNIST_DATA", str(folder))
-    with pytest.raises(helpers.DatasetError, match="train-labels-idx1-ubyte.gz is truncated or corrupt"):
+    with pytest.raises(helpers.DatasetError,
+                       match="train-labels-idx1-ubyte.gz is truncated or corrupt"):
         helpers.prepare_data(tmp_path / "data")
     assert not (tmp_path / "data" / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte").exists()
 
@@ -104,7 +111,8 @@ def test_truncated_gz_is_named_and_nothing_is_kept(monkeypatch, tmp_path, no_loc
 def test_wrong_checksum_is_named(monkeypatch, tmp_path, no_local_copy):
     folder = gz_copy_with(tmp_path, "t10k-labels-idx1-ubyte", b"\x00" * 10008)
     monkeypatch.setenv("FMNIST_DATA", str(folder))
-    with pytest.raises(helpers.DatasetError, match=r"t10k-labels-idx1-ubyte.gz is not the original.*SHA-256"):
+    with pytest.raises(helpers.DatasetError,
+                       match=r"t10k-labels-idx1-ubyte.gz is not the original.*SHA-256"):
         helpers.prepare_data(tmp_path / "data")
 
 
@@ -115,7 +123,8 @@ def test_corrupt_file_already_in_place_is_refused(tmp_path, data_root):
         shutil.copy(data_root / "FashionMNIST" / "raw" / name, raw / name)
     with open(raw / "train-images-idx3-ubyte", "r+b") as f:
         f.truncate(1_000_000)
-    with pytest.raises(helpers.DatasetError, match="train-images-idx3-ubyte is corrupt or truncated.*delete it"):
+    with pytest.raises(helpers.DatasetError,
+                       match="train-images-idx3-ubyte is corrupt or truncated.*delete it"):
         helpers.load_datasets(root=tmp_path / "data")
 
 
@@ -130,7 +139,8 @@ def test_offline_without_a_copy_names_the_three_ways_out(tmp_path, no_local_copy
         helpers.prepare_data(tmp_path / "data")
     message = str(info.value)
     assert "could not be downloaded" in message
-    assert "internet" in message and "apt-get install dataset-fashion-mnist" in message and "FMNIST_DATA" in message
+    assert ("internet" in message and "apt-get install dataset-fashion-mnist" in message
+            and "FMNIST_DATA" in message)
     assert "\n" not in message and "Traceback" not in message
 
 
@@ -161,7 +171,8 @@ def test_a_shuffled_loader_changes_the_order_reproducibly_from_its_seed():
     numbers = torch.utils.data.TensorDataset(torch.arange(100))
 
     def order(**kwargs) -> list[int]:
-        return torch.cat([batch for (batch,) in helpers.make_loader(numbers, 16, **kwargs)]).tolist()
+        return torch.cat([batch for (batch,)
+                          in helpers.make_loader(numbers, 16, **kwargs)]).tolist()
 
     assert order() == list(range(100))
     shuffled = order(shuffle=True, generator=torch.Generator().manual_seed(0))

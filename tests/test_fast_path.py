@@ -1,13 +1,16 @@
 """Stage 10's fast path: the data on the device gives the same batches as the DataLoader path,
-augmentation shifts and mirrors each image, and fit() trains with it unchanged."""
+augmentation shifts and mirrors each image, and the runner trains with it through helpers'
+own train_one_epoch, in mixed precision where the hardware has it."""
 import warnings
 from dataclasses import replace
 
+import pytest
 import torch
 import torch.nn as nn
 
 import helpers
-from machinery import bench, fast_path
+from machinery import bench, engine, fast_path
+from machinery.fast_path import DeviceLoader
 
 
 def test_device_tensors_are_the_images_totensor_gives(small_sets):
@@ -21,7 +24,7 @@ def test_device_tensors_are_the_images_totensor_gives(small_sets):
 
 def test_device_loader_batches_match_the_dataloader(small_sets):
     _, valid, _ = small_sets
-    fast = helpers.DeviceLoader(valid, 100, channels_last=True)
+    fast = DeviceLoader(valid, 100, channels_last=True)
     slow = helpers.make_loader(valid, 100)
     assert len(fast) == len(slow) == 3
     for (x_fast, y_fast), (x_slow, y_slow) in zip(fast, slow):
@@ -32,7 +35,8 @@ def test_device_loader_batches_match_the_dataloader(small_sets):
 def test_shuffling_is_seeded_and_covers_every_image_once(small_sets):
     train, _, _ = small_sets
     def labels_in_order(seed):
-        loader = helpers.DeviceLoader(train, 64, shuffle=True, generator=torch.Generator().manual_seed(seed))
+        loader = DeviceLoader(train, 64, shuffle=True,
+                              generator=torch.Generator().manual_seed(seed))
         return torch.cat([y for _, y in loader])
     first, again, other = labels_in_order(0), labels_in_order(0), labels_in_order(1)
     assert torch.equal(first, again) and not torch.equal(first, other)
@@ -42,17 +46,20 @@ def test_shuffling_is_seeded_and_covers_every_image_once(small_sets):
 def test_shift_and_flip_move_each_image_as_asked():
     image = torch.arange(28 * 28, dtype=torch.float32).reshape(1, 1, 28, 28)
     images = image.repeat(3, 1, 1, 1)
-    out = fast_path.shift_and_flip(images, torch.tensor([[2, 2], [2, 2], [0, 4]]), torch.tensor([False, True, False]))
+    out = fast_path.shift_and_flip(images, torch.tensor([[2, 2], [2, 2], [0, 4]]),
+                                   torch.tensor([False, True, False]))
     assert torch.equal(out[0], image[0])                       # centre crop: unchanged
     assert torch.equal(out[1], image[0].flip(-1))              # mirrored
     assert torch.equal(out[2, 0, 2:, :26], image[0, 0, :26, 2:])  # moved down 2 and left 2 ...
-    assert out[2, 0, :2].abs().sum() == 0 and out[2, 0, :, 26:].abs().sum() == 0  # ... zeros come in
+    # ... zeros come in
+    assert out[2, 0, :2].abs().sum() == 0 and out[2, 0, :, 26:].abs().sum() == 0
 
 
 def test_augmented_batches_differ_but_keep_their_labels(small_sets):
     train, _, _ = small_sets
-    plain = helpers.DeviceLoader(train, 512, shuffle=True, generator=torch.Generator().manual_seed(0))
-    augmented = helpers.DeviceLoader(train, 512, shuffle=True, generator=torch.Generator().manual_seed(0), augment=True)
+    plain = DeviceLoader(train, 512, shuffle=True, generator=torch.Generator().manual_seed(0))
+    augmented = DeviceLoader(train, 512, shuffle=True, generator=torch.Generator().manual_seed(0),
+                             augment=True)
     (x_plain, y_plain), (x_aug, y_aug) = next(iter(plain)), next(iter(augmented))
     assert torch.equal(y_plain, y_aug) and not torch.equal(x_plain, x_aug)
     assert 0 <= x_aug.min() and x_aug.max() <= 1
@@ -62,42 +69,47 @@ def test_augmented_batches_differ_but_keep_their_labels(small_sets):
     assert per_image_aug.sum() > 0.9 * per_image_plain.sum()
 
 
-def test_fit_trains_on_the_fast_path(small_sets, small_settings, cpu, tmp_path):
+def test_the_runner_trains_on_the_fast_path(small_sets, small_settings, cpu, tmp_path):
     train, valid, _ = small_sets
+    recipe = replace(small_settings, epochs=3, fast=True)
     generator = helpers.seed_everything(0)
-    model = helpers.build_model("original").to(memory_format=torch.channels_last)
-    optimizer = helpers.make_optimizer(model, small_settings)
-    history = helpers.fit(model, helpers.DeviceLoader(train, 32, shuffle=True, generator=generator, channels_last=True),
-                          helpers.DeviceLoader(valid, 256), loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer,
-                          device=cpu, recipe=replace(small_settings, epochs=3, fast=True), last_path=tmp_path / "last.pt",
-                          log=lambda _: None)
+    loader = DeviceLoader(train, 32, shuffle=True, generator=generator, channels_last=True)
+    model, optimizer, schedule, loss_fn = engine.make_training(recipe, cpu, len(loader))
+    history = engine.run_epochs(model, loader, DeviceLoader(valid, 256), recipe, optimizer,
+                                schedule, loss_fn, cpu, last_path=tmp_path / "last.pt",
+                                log=lambda _: None)
     assert history.epochs == 3 and history.train_loss[-1] < history.train_loss[0]
-    assert helpers.read_checkpoint(tmp_path / "last.pt")["training_state"]["rng"]["loader"] is not None
+    assert (helpers.read_checkpoint(tmp_path / "last.pt")["training_state"]["rng"]["loader"]
+            is not None)
 
 
 def test_mixed_precision_is_chosen_by_the_hardware():
-    assert helpers.mixed_precision(torch.device("cpu")) is None
+    assert fast_path.mixed_precision(torch.device("cpu")) is None
     if torch.cuda.is_available():
         major, _ = torch.cuda.get_device_capability()
-        assert helpers.mixed_precision(torch.device("cuda")) == (torch.bfloat16 if major >= 8 else torch.float16)
+        assert (fast_path.mixed_precision(torch.device("cuda"))
+                == (torch.bfloat16 if major >= 8 else torch.float16))
 
 
 def test_bench_reports_both_paths_side_by_side(data_root):
     report = bench.bench(images=256, rounds=1)
     assert report["original_recipe_images_per_s"] > 0 and report["fast_path_images_per_s"] > 0
-    assert abs(report["ratio"] - report["fast_path_images_per_s"] / report["original_recipe_images_per_s"]) < 0.02
+    assert abs(report["ratio"]
+               - report["fast_path_images_per_s"] / report["original_recipe_images_per_s"]) < 0.02
     assert report["device"] == str(helpers.pick_device()) and report["machine"] == helpers.machine()
 
 
 def test_a_fast_run_uses_device_loaders_and_says_so(small_sets, small_settings, cpu):
     fast = helpers.course_settings(smoke=True, recipe="original-fast")
     train, valid, _ = small_sets
-    loaders = helpers.make_train_loader(fast, train, torch.Generator(), cpu), helpers.make_eval_loader(fast, valid, cpu)
-    assert all(isinstance(loader, helpers.DeviceLoader) for loader in loaders)
+    loaders = (engine.make_train_loader(fast, train, torch.Generator(), cpu),
+               engine.make_eval_loader(fast, valid, cpu))
+    assert all(isinstance(loader, DeviceLoader) for loader in loaders)
     assert loaders[0].shuffle and loaders[0].channels_last and not loaders[1].shuffle
-    assert helpers.run_name(fast).startswith("original-fast-b128-") and "-smoke-" in helpers.run_name(fast)
-    slow = (helpers.make_train_loader(small_settings, train, torch.Generator(), cpu),
-            helpers.make_eval_loader(small_settings, valid, cpu))
+    assert (helpers.run_name(fast).startswith("original-fast-b128-")
+            and "-smoke-" in helpers.run_name(fast))
+    slow = (engine.make_train_loader(small_settings, train, torch.Generator(), cpu),
+            engine.make_eval_loader(small_settings, valid, cpu))
     assert all(isinstance(loader, torch.utils.data.DataLoader) for loader in slow)
 
 
@@ -111,31 +123,34 @@ def test_time_to_accuracy_stops_at_the_first_epoch_that_reaches_the_target(small
 
 
 class SmallConvNet(nn.Module):
-    """A network that compiles in seconds, not half a minute: one convolution, BatchNorm (so eval mode
-    differs from training), a linear layer."""
+    """A network that compiles in seconds, not half a minute: one convolution, BatchNorm (so eval
+    mode differs from training), a linear layer."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(4))
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(4))
         self.classifier = nn.Linear(8 * 4 * 4, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))
 
 
-def test_a_compiled_network_trains_and_saves_checkpoints_an_uncompiled_one_loads(small_sets, cpu, tmp_path, monkeypatch):
+def test_a_compiled_network_trains_and_saves_checkpoints_an_uncompiled_one_loads(
+        small_sets, cpu, tmp_path, monkeypatch):
     train, valid, _ = small_sets
     monkeypatch.setitem(helpers.NETWORKS, "small-conv", SmallConvNet)
-    settings = helpers.course_settings(smoke=True, recipe="original-fast", model="small-conv", compile=True, epochs=1,
-                                       batch_size=128)
-    model, optimizer, _, loss_fn = helpers.make_training(settings, cpu, steps_per_epoch=4)
-    loader = helpers.DeviceLoader(train, 128, shuffle=True, generator=torch.Generator().manual_seed(0),
+    settings = helpers.course_settings(smoke=True, recipe="original-fast", model="small-conv",
+                                       compile=True, epochs=1, batch_size=128)
+    model, optimizer, _, loss_fn = engine.make_training(settings, cpu, steps_per_epoch=4)
+    loader = DeviceLoader(train, 128, shuffle=True, generator=torch.Generator().manual_seed(0),
                                   channels_last=True)  # 512 images: four batches of one shape
     loss = helpers.train_one_epoch(model, loader, loss_fn, optimizer, cpu)
     assert 0 < loss < 5
-    helpers.save_checkpoint(tmp_path / "compiled.pt", model, recipe=settings)
-    eager, _ = helpers.load_checkpoint(tmp_path / "compiled.pt")  # same keys: no '_orig_mod.' prefix
-    images, _ = next(iter(helpers.DeviceLoader(valid, 256, channels_last=True)))
+    helpers.save_checkpoint(tmp_path / "compiled.pt", model, recipe=settings.name)
+    # same keys: no '_orig_mod.' prefix
+    eager, _ = helpers.load_checkpoint(tmp_path / "compiled.pt")
+    images, _ = next(iter(DeviceLoader(valid, 256, channels_last=True)))
     model.eval()
     eager.eval()
     with torch.no_grad():
@@ -143,27 +158,60 @@ def test_a_compiled_network_trains_and_saves_checkpoints_an_uncompiled_one_loads
 
 
 def test_fp16_with_a_gradient_scaler_trains_without_a_schedule_warning(small_sets, cpu):
-    # the T4's path (helpers.mixed_precision gives fp16 below compute capability 8); CPU autocast
-    # runs fp16 too, slowly. The improved network's first scaled gradients overflow, so the scaler
-    # skips that update while the one-cycle schedule steps: PyTorch's "lr_scheduler.step() before
-    # optimizer.step()" warning, which the course's loop must not show a student.
+    # the T4's path (mixed_precision gives fp16 below compute capability 8); CPU autocast runs fp16
+    # too, slowly. The improved network's first scaled gradients overflow, so the scaler skips
+    # those updates, and the one-cycle schedule, stepped by the optimizer's own step, waits too:
+    # no "lr_scheduler.step() before optimizer.step()" warning for a student to puzzle over.
     train, _, _ = small_sets
     settings = helpers.course_settings(smoke=True, recipe="improved", batch_size=32)
     torch.manual_seed(0)
     model = helpers.build_model("improved")
     before = [p.detach().clone() for p in model.parameters()]
-    loader = helpers.DeviceLoader(helpers.first(train, 128), 32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    loader = DeviceLoader(helpers.first(train, 128), 32, shuffle=True,
+                          generator=torch.Generator().manual_seed(0))
     optimizer = helpers.make_optimizer(model, settings)
-    scheduler = helpers.make_scheduler(optimizer, settings, len(loader))
-    scaler = helpers.make_scaler(cpu, torch.float16)
+    schedule = engine.make_schedule(optimizer, settings, len(loader))
+    trained, stepper = engine.with_precision(model, optimizer, cpu, torch.float16)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        loss = helpers.train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, cpu,
-                                       torch.float16, scheduler, scaler)
+        loss = helpers.train_one_epoch(trained, loader, nn.CrossEntropyLoss(), stepper, cpu)
     assert 0 < loss < 5
-    assert scaler.get_scale() < 2.0 ** 16  # updates were skipped: the scale came down from its start
-    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))  # and later ones ran
+    assert stepper.scaler.get_scale() < 2.0 ** 16  # updates were skipped: the scale came down
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))  # later ones ran
+    taken = sum(state["step"] for state in optimizer.state.values()) / len(optimizer.state)
+    assert 0 < schedule.last_epoch == taken < len(loader)  # one schedule step per real update
     assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
+
+
+def test_the_gradient_scaler_changes_no_update_where_nothing_overflows(small_sets, cpu):
+    """Scaling by a power of two and unscaling again is exact in fp32: the scaled steps must move
+    the weights exactly as plain steps do, so the scaler's wiring cannot hide a wrong gradient."""
+    train, _, _ = small_sets
+    loader = DeviceLoader(helpers.first(train, 96), 32)
+    weights = []
+    for scaled in (False, True):
+        torch.manual_seed(0)
+        model = helpers.build_model("original")
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, enabled=scaled)
+        trained = engine.MixedPrecision(model, None, scaler)
+        stepper = engine.ScaledOptimizer(optimizer, scaler) if scaled else optimizer
+        helpers.train_one_epoch(trained, loader, nn.CrossEntropyLoss(), stepper, cpu)
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
+def test_one_cycle_steps_once_per_optimizer_step_and_ends_at_its_length(cpu):
+    recipe = helpers.course_settings(smoke=True, recipe="original-fast", epochs=2)
+    weight = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.Adam([weight], lr=recipe.lr)
+    schedule = engine.make_schedule(optimizer, recipe, steps_per_epoch=5)
+    rates = []
+    for _ in range(10):
+        rates.append(helpers.current_lr(optimizer))
+        optimizer.step()
+    assert schedule.last_epoch == 10 and max(rates) == pytest.approx(recipe.lr, rel=0.05)
+    assert rates[0] < recipe.lr / 10 and rates[-1] < rates[0] / 100  # warm up, then anneal
 
 
 def test_sprint_short_run_reports_a_few_epochs_at_a_forced_precision(small_sets, cpu):
@@ -172,7 +220,8 @@ def test_sprint_short_run_reports_a_few_epochs_at_a_forced_precision(small_sets,
                                        train_size=512, valid_size=256, test_size=256)
     result = measure.short_run(settings, None, small_sets[0], small_sets[2], cpu, epochs=1)
     assert result["label"] == "improved, 1 of 2 epochs, None"
-    assert 0 < result["train_loss"] < 5 and 0 <= result["test_accuracy"] <= 1 and result["seconds"] > 0
+    assert (0 < result["train_loss"] < 5 and 0 <= result["test_accuracy"] <= 1
+            and result["seconds"] > 0)
 
 
 def test_evaluation_never_augments_on_either_path(small_sets, cpu):
@@ -181,6 +230,7 @@ def test_evaluation_never_augments_on_either_path(small_sets, cpu):
     _, valid, _ = small_sets
     plain = torch.cat([x for x, _ in helpers.make_loader(valid, 1000)])
     for recipe in ("improved", "original"):
-        loader = helpers.make_eval_loader(helpers.course_settings(smoke=True, recipe=recipe), valid, cpu)
+        loader = engine.make_eval_loader(helpers.course_settings(smoke=True, recipe=recipe),
+                                         valid, cpu)
         first_pass, second_pass = (torch.cat([x for x, _ in loader]) for _ in range(2))
         assert torch.equal(first_pass, second_pass) and torch.equal(first_pass, plain), recipe

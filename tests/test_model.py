@@ -52,7 +52,7 @@ def test_the_original_bug_is_real_and_fixed():
 
 def test_build_model_knows_the_course_networks():
     assert isinstance(helpers.build_model("original"), helpers.FMnistCNN)
-    assert helpers.model_name(helpers.build_model("original")) == "original"
+    assert helpers.network_name(helpers.build_model("original")) == "original"
     with pytest.raises(ValueError, match="unknown network 'resnet'"):
         helpers.build_model("resnet")
 
@@ -62,7 +62,8 @@ def test_predict_accepts_one_image_or_a_batch():
     classes, probabilities = helpers.predict(model, torch.rand(28, 28))
     assert classes.shape == (1,) and probabilities.shape == (1, 10)
     assert torch.allclose(probabilities.sum(1), torch.ones(1))
-    classes, probabilities = helpers.predict(model, torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8))
+    classes, probabilities = helpers.predict(model, torch.randint(0, 256, (5, 1, 28, 28),
+                                                                  dtype=torch.uint8))
     assert classes.shape == (5,) and probabilities.shape == (5, 10)
 
 

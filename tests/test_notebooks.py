@@ -47,7 +47,8 @@ def try_this_items(path: Path) -> list[int]:
 
 def solved_items(path: Path) -> list[int]:
     """The numbers of the `## Try this N` sections of a solutions notebook."""
-    return [int(n) for n in re.findall(r"^## Try this (\d+)\b", markdown_text(path), flags=re.MULTILINE)]
+    return [int(n) for n in re.findall(r"^## Try this (\d+)\b", markdown_text(path),
+                                       flags=re.MULTILINE)]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
@@ -55,7 +56,8 @@ def test_every_try_this_has_a_worked_solution(path):
     items = try_this_items(path)
     solution = course_notebooks.SOLUTIONS / path.name.replace(".ipynb", "_solutions.ipynb")
     assert items, f"{path.name} has no numbered Try this exercises"
-    assert solution.is_file(), f"no worked solutions for {path.name}: write {solution.relative_to(helpers.REPO_ROOT)}"
+    assert solution.is_file(), \
+        f"no worked solutions for {path.name}: write {solution.relative_to(helpers.REPO_ROOT)}"
     assert solved_items(solution) == items
 
 
@@ -73,7 +75,8 @@ def test_no_notebook_stores_a_dead_tensorboard_frame(path):
 
 def test_execute_tells_the_notebook_it_is_storing_outputs(monkeypatch, tmp_path):
     seen = {}
-    monkeypatch.setattr(course_notebooks.subprocess, "run", lambda cmd, check, env: seen.update(env))
+    monkeypatch.setattr(course_notebooks.subprocess, "run",
+                        lambda cmd, check, env: seen.update(env))
     monkeypatch.setattr(course_notebooks, "stop_tensorboard_servers", lambda: None)
     monkeypatch.setenv("FMNIST_SMOKE", "1")
     course_notebooks.execute([tmp_path / "01_x.ipynb"])
@@ -86,7 +89,8 @@ def test_execute_tells_the_notebook_it_is_storing_outputs(monkeypatch, tmp_path)
 
 def test_a_solutions_notebook_opens_in_colab_from_its_own_folder():
     url = course_notebooks.colab_url(course_notebooks.SOLUTIONS / "01_load_data_solutions.ipynb")
-    assert url.endswith(f"/blob/{course_notebooks.ADDRESS['version']}/notebooks/solutions/01_load_data_solutions.ipynb")
+    assert url.endswith(f"/blob/{course_notebooks.ADDRESS['version']}"
+                        "/notebooks/solutions/01_load_data_solutions.ipynb")
 
 
 def test_lint_catches_what_it_should(tmp_path):
@@ -106,13 +110,15 @@ def test_lint_catches_what_it_should(tmp_path):
     assert any("absolute local path" in p for p in problems)
 
 
-def run_setup_cell(cwd: Path, env: dict, pythonpath: list[Path] = ()) -> subprocess.CompletedProcess:
+def run_setup_cell(cwd: Path, env: dict,
+                   pythonpath: list[Path] = ()) -> subprocess.CompletedProcess:
     """Run the notebooks' setup cell in a fresh Python, then report where helpers came from.
 
     With a stand-in google.colab on the pythonpath, it is imported first, as Colab's kernel does.
     """
     colab = "import google.colab\n" if pythonpath else ""
-    script = colab + course_notebooks.SETUP_CELL + "\nimport helpers\nprint(Path(helpers.__file__).resolve())\nprint(Path.cwd())"
+    script = (colab + course_notebooks.SETUP_CELL
+              + "\nimport helpers\nprint(Path(helpers.__file__).resolve())\nprint(Path.cwd())")
     env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(map(str, pythonpath))}
     return subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=120)
@@ -120,11 +126,13 @@ def run_setup_cell(cwd: Path, env: dict, pythonpath: list[Path] = ()) -> subproc
 
 def course_origin(tmp_path: Path) -> tuple[Path, str]:
     """A stand-in for the course repository on GitHub: the course tagged v-test, then a later commit
-    on main that breaks helpers.py -- so a notebook that fetched main instead of its tag would fail."""
+    on main that breaks helpers.py -- so a notebook that fetched main instead of its tag would
+    fail."""
     origin = tmp_path / "origin"
     origin.mkdir()
     shutil.copy(helpers.REPO_ROOT / "helpers.py", origin / "helpers.py")
-    shutil.copytree(helpers.REPO_ROOT / "machinery", origin / "machinery", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(helpers.REPO_ROOT / "machinery", origin / "machinery",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(helpers.REPO_ROOT / "notebooks", origin / "notebooks",
                     ignore=shutil.ignore_patterns("*.ipynb", "__pycache__"))
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-C", str(origin)]
@@ -132,8 +140,10 @@ def course_origin(tmp_path: Path) -> tuple[Path, str]:
     subprocess.run(git + ["add", "."], check=True)
     subprocess.run(git + ["commit", "--quiet", "-m", "course"], check=True)
     subprocess.run(git + ["tag", "v-test"], check=True)
-    tagged = subprocess.run(git + ["rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
-    (origin / "helpers.py").write_text("raise ImportError('the moving branch, not the version asked for')\n")
+    tagged = subprocess.run(git + ["rev-parse", "HEAD"], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    (origin / "helpers.py").write_text("raise ImportError('the moving branch, "
+                                       "not the version asked for')\n")
     subprocess.run(git + ["commit", "--quiet", "-am", "later"], check=True)
     return origin, tagged
 
@@ -154,7 +164,8 @@ def test_setup_cell_in_colab_fetches_the_notebooks_version_offline(tmp_path, ver
     origin, tagged = course_origin(tmp_path)
     site, content = fake_colab(tmp_path)
     ref = "v-test" if version == "tag" else tagged
-    result = run_setup_cell(content, {"FMNIST_COURSE_REPO": origin.as_uri(), "FMNIST_COURSE_REF": ref}, site)
+    result = run_setup_cell(content, {"FMNIST_COURSE_REPO": origin.as_uri(),
+                                      "FMNIST_COURSE_REF": ref}, site)
     assert result.returncode == 0, result.stderr
     helpers_file, cwd = result.stdout.split()
     assert Path(helpers_file) == content / "fashion-mnist-cnn" / "helpers.py"
@@ -169,12 +180,15 @@ def test_setup_cell_says_in_one_line_what_to_do_when_the_course_cannot_be_fetche
     env = {"FMNIST_COURSE_REPO": (tmp_path / "nowhere").as_uri(), "FMNIST_COURSE_REF": "v-test"}
     result = run_setup_cell(content, env, site)
     assert result.returncode != 0
-    assert "CourseNotFound: could not fetch" in result.stderr and "fashion-mnist-cnn.zip" in result.stderr
+    assert ("CourseNotFound: could not fetch" in result.stderr
+            and "fashion-mnist-cnn.zip" in result.stderr)
     assert "CalledProcessError" not in result.stderr
-    assert not (content / "fashion-mnist-cnn").exists()  # no half-made folder to trip the next attempt
+    # no half-made folder to trip the next attempt
+    assert not (content / "fashion-mnist-cnn").exists()
     # In Jupyter (IPython), the error is that one line, not a traceback.
     cell = "import google.colab\n" + course_notebooks.SETUP_CELL
-    shell = subprocess.run([sys.executable, "-m", "IPython", "--quick", "--colors=NoColor", "-c", cell],
+    shell = subprocess.run([sys.executable, "-m", "IPython", "--quick", "--colors=NoColor",
+                            "-c", cell],
                            cwd=content, env={**os.environ, **env, "PYTHONPATH": str(site[0])},
                            capture_output=True, text=True, timeout=120)
     output = (shell.stdout + shell.stderr).strip().splitlines()
@@ -185,7 +199,8 @@ def test_setup_cell_says_in_one_line_what_to_do_when_the_course_cannot_be_fetche
 def test_setup_cell_in_colab_unpacks_the_course_archive(tmp_path):
     site, content = fake_colab(tmp_path)
     course_notebooks.build_archive(content / course_notebooks.ARCHIVE_NAME)  # what `archive` builds
-    result = run_setup_cell(content, {"FMNIST_COURSE_REPO": "file:///nonexistent"}, site)  # no repository at all
+    # no repository at all
+    result = run_setup_cell(content, {"FMNIST_COURSE_REPO": "file:///nonexistent"}, site)
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.split()[0]) == content / "fashion-mnist-cnn" / "helpers.py"
 
@@ -196,16 +211,19 @@ def test_publish_stamps_the_address_into_every_badge_and_setup_cell(tmp_path, mo
     for path in NOTEBOOKS[:2]:
         copies.append(tmp_path / path.name)
         shutil.copy(path, copies[-1])
-    changed = course_notebooks.publish("https://github.com/my-school/fmnist.git", "term-2027", copies)
+    changed = course_notebooks.publish("https://github.com/my-school/fmnist.git", "term-2027",
+                                       copies)
     assert changed == copies
     assert json.loads((tmp_path / "course_address.json").read_text()) == {
         "repository": "https://github.com/my-school/fmnist.git", "version": "term-2027"}
     for path in copies:
         cells = json.loads(path.read_text())["cells"]
         title, setup = "".join(cells[0]["source"]), "".join(cells[1]["source"])
-        assert f"colab.research.google.com/github/my-school/fmnist/blob/term-2027/notebooks/{path.name}" in title
+        assert ("colab.research.google.com/github/my-school/fmnist/blob/term-2027/notebooks/"
+                f"{path.name}" in title)
         assert '"https://github.com/my-school/fmnist.git")' in setup and '"term-2027")' in setup
-    assert course_notebooks.publish("https://github.com/my-school/fmnist.git", "term-2027", copies) == []
+    assert course_notebooks.publish("https://github.com/my-school/fmnist.git", "term-2027",
+                                    copies) == []
     for bad in (("https://github.com/my-school/fmnist.git", "main"), ("my-school/fmnist", "v1")):
         with pytest.raises(ValueError):
             course_notebooks.publish(*bad, copies)
@@ -226,26 +244,79 @@ def test_setup_cell_locally_finds_the_repository_root(tmp_path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=[p.name for p in NOTEBOOKS + SOLUTIONS])
 def test_every_drive_folder_is_the_one_stages_7_to_9_look_in(path):
-    """A checkpoint folder on Drive other than DRIVE_CHECKPOINTS' would never be found by stages 7-9."""
+    """A checkpoint folder on Drive other than DRIVE_CHECKPOINTS' would never be found by stages
+    7-9."""
     folders = set(re.findall(r"MyDrive/([^/\"'\s]+)/", "\n".join(code_sources(path))))
     assert folders <= {course_basics.DRIVE_CHECKPOINTS.parent.name}, \
         f"use machinery.colab.checkpoint_folder(True) instead of a Drive path of its own: {folders}"
+
+
+# Stages whose only training is a demonstration of seconds on a few hundred images (their recipes
+# set train_size): a runtime note would announce the full recipe's hour for nothing.
+SMALL_DEMOS = {"09_save_load.ipynb"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_a_stage_that_trains_a_recipe_checks_the_runtime_first(path):
     """Without a GPU a student should hear what the training costs before it starts, not after."""
     cells = code_sources(path)
-    trains = [i for i, code in enumerate(cells) if re.search(r"\b(train_run|SummaryWriter)\(", code)]
+    if path.name in SMALL_DEMOS:
+        recipes = re.findall(r"course_settings\(([^)]*)\)", "\n".join(cells))
+        assert any("train_size=" in arguments for arguments in recipes), path.name
+        return
+    trains = [i for i, code in enumerate(cells)
+              if re.search(r"\b(train_run|SummaryWriter)\(", code)]
     checks = [i for i, code in enumerate(cells) if "runtime_note(" in code]
     if trains:
-        assert checks and checks[0] < trains[0], f"{path.name} trains without printing runtime_note(device) first"
+        assert checks and checks[0] < trains[0], \
+            f"{path.name} trains without printing runtime_note(device) first"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=[p.name for p in NOTEBOOKS + SOLUTIONS])
 def test_sync_leaves_a_stamped_notebook_as_committed(path, tmp_path):
-    """`sync` at the recorded address rewrites nothing: running it never dirties a clean checkout."""
-    copy = tmp_path / path.parent.name / path.name  # notebooks/ or solutions/: the badge names the folder
+    """`sync` at the recorded address rewrites nothing: running it never dirties a clean
+    checkout."""
+    # notebooks/ or solutions/: the badge names the folder
+    copy = tmp_path / path.parent.name / path.name
     copy.parent.mkdir()
     shutil.copy(path, copy)
     assert course_notebooks.sync(copy) is False and copy.read_bytes() == path.read_bytes()
+
+
+TAUGHT_IN_STAGE_6 = ("train_one_epoch", "evaluate", "EarlyStopping", "fit")
+
+
+def definitions(code: str, names: tuple[str, ...]) -> dict[str, str]:
+    """The top-level functions and classes `names` in Python code, as AST dumps without type hints
+    (a notebook cell's IPython magics are left out first)."""
+    import ast
+    lines = [line[:len(line) - len(line.lstrip())] + "pass" if line.lstrip().startswith(("%", "!"))
+             else line for line in code.splitlines()]
+    found = {}
+    for node in ast.parse("\n".join(lines)).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in names:
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.arg):
+                    inner.annotation = None
+                if isinstance(inner, ast.FunctionDef):
+                    inner.returns = None
+            found[node.name] = ast.dump(node)
+    return found
+
+
+def test_notebook_6_writes_the_code_helpers_runs():
+    """The loop a student writes in notebook 6 is the loop helpers.fit runs: same code, hints
+    aside."""
+    notebook = definitions(
+        "\n\n".join(code_sources(course_notebooks.find_notebook("06_train.ipynb"))),
+        TAUGHT_IN_STAGE_6)
+    course = definitions((helpers.REPO_ROOT / "helpers.py").read_text(), TAUGHT_IN_STAGE_6)
+    assert sorted(notebook) == sorted(course) == sorted(TAUGHT_IN_STAGE_6)
+    differ = [name for name in TAUGHT_IN_STAGE_6 if notebook[name] != course[name]]
+    assert not differ, f"notebook 6 and helpers.py differ in {differ}: change both alike"
+
+
+def test_the_code_comparison_sees_a_changed_line():
+    code = "def fit(model, epochs: int) -> None:\n    return model\n"
+    assert definitions(code, ("fit",)) == definitions(code.replace(": int", ""), ("fit",))
+    assert definitions(code, ("fit",)) != definitions(code.replace("model\n", "epochs\n"), ("fit",))

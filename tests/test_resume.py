@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import helpers
-from machinery import resume
+from machinery import engine, resume
+from machinery.fast_path import DeviceLoader
 from test_training import small_run
 
 
@@ -17,7 +18,8 @@ def test_resumed_run_ends_with_the_same_weights(small_sets, small_settings, tmp_
 
     small_run(small_sets, small_settings, tmp_path, epochs=2, last_path=tmp_path / "last.pt",
               best_path=tmp_path / "best.pt")                      # "interrupted" after epoch 2
-    resumed, resumed_history, lines = small_run(                     # fresh objects, as after a restart
+    # fresh objects, as after a restart
+    resumed, resumed_history, lines = small_run(
         small_sets, small_settings, tmp_path, epochs=4, last_path=tmp_path / "last.pt",
         best_path=tmp_path / "best.pt", resume=tmp_path / "last.pt")
 
@@ -30,7 +32,8 @@ def test_resumed_run_ends_with_the_same_weights(small_sets, small_settings, tmp_
     assert helpers.load_checkpoint(tmp_path / "last.pt")[1]["epoch"] == 4
 
 
-def test_ctrl_c_ends_the_run_cleanly_with_checkpoints_intact(small_sets, small_settings, tmp_path, monkeypatch):
+def test_ctrl_c_ends_the_run_cleanly_with_checkpoints_intact(small_sets, small_settings, tmp_path,
+                                                             monkeypatch):
     real_train_one_epoch = helpers.train_one_epoch
     calls = []
 
@@ -49,35 +52,38 @@ def test_ctrl_c_ends_the_run_cleanly_with_checkpoints_intact(small_sets, small_s
     helpers.load_checkpoint(tmp_path / "best.pt")
 
 
-def test_fp16_scale_carries_over_between_epochs_and_into_the_last_checkpoint(small_sets, tmp_path, monkeypatch):
-    # fit makes one gradient scaler per run: a fresh one each epoch would skip the first updates
-    # of every epoch again while it finds its scale, and a resumed run would not repeat the original
+def test_fp16_scale_carries_over_between_epochs_and_into_the_last_checkpoint(small_sets, tmp_path,
+                                                                             monkeypatch):
+    # the runner makes one gradient scaler per run: a fresh one each epoch would skip the first
+    # updates of every epoch again while it finds its scale, and a resumed run would not repeat
     train_set, valid_set, _ = small_sets
     settings = helpers.course_settings(smoke=True, recipe="improved", batch_size=64, epochs=2)
-    scalers = []
+    steppers = []
     real_train_one_epoch = helpers.train_one_epoch
 
-    def spy(*args):
-        scalers.append(args[7])
-        return real_train_one_epoch(*args)
+    def spy(model, loader, loss_fn, optimizer, device):
+        steppers.append(optimizer)
+        return real_train_one_epoch(model, loader, loss_fn, optimizer, device)
 
     monkeypatch.setattr(helpers, "train_one_epoch", spy)
     cpu = torch.device("cpu")
     helpers.seed_everything(0)
-    model, optimizer, scheduler, loss_fn = helpers.make_training(settings, cpu, steps_per_epoch=2)
-    loader = helpers.DeviceLoader(helpers.first(train_set, 128), 64, shuffle=True, generator=torch.Generator().manual_seed(0))
-    monkeypatch.setattr(helpers, "mixed_precision", lambda device: torch.float16)  # a T4's choice, here on the CPU
-    helpers.fit(model, loader, helpers.DeviceLoader(helpers.first(valid_set, 64), 64), loss_fn=loss_fn,
-                optimizer=optimizer, device=cpu, recipe=settings, scheduler=scheduler,
-                last_path=tmp_path / "last.pt", log=lambda line: None)
+    model, optimizer, scheduler, loss_fn = engine.make_training(settings, cpu, steps_per_epoch=2)
+    loader = DeviceLoader(helpers.first(train_set, 128), 64, shuffle=True,
+                          generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(engine, "mixed_precision", lambda device: torch.float16)  # a T4's choice
+    engine.run_epochs(model, loader, DeviceLoader(helpers.first(valid_set, 64), 64), settings,
+                      optimizer, scheduler, loss_fn, cpu, last_path=tmp_path / "last.pt",
+                      log=lambda line: None)
+    scalers = [stepper.scaler for stepper in steppers]
     assert len(scalers) == 2 and scalers[0] is scalers[1] and scalers[0].is_enabled()
     saved = helpers.read_checkpoint(tmp_path / "last.pt")["training_state"]["scaler"]
     assert saved["scale"] == scalers[0].get_scale() < 2.0 ** 16
 
-    fresh = helpers.make_scaler(cpu, torch.float16)
-    model, optimizer, scheduler, _ = helpers.make_training(settings, cpu, steps_per_epoch=2)
-    resume.restore_training(tmp_path / "last.pt", "improved", model, optimizer, scheduler, None, loader, cpu, fresh,
-                            log=lambda line: None)
+    fresh = torch.amp.GradScaler("cpu")
+    model, optimizer, scheduler, _ = engine.make_training(settings, cpu, steps_per_epoch=2)
+    resume.restore_training(tmp_path / "last.pt", "improved", model, optimizer, scheduler, None,
+                            loader, cpu, fresh, log=lambda line: None)
     assert fresh.get_scale() == scalers[0].get_scale()
 
 
@@ -89,8 +95,9 @@ def test_resume_needs_a_last_checkpoint(small_sets, small_settings, tmp_path):
 
 def test_killed_training_process_leaves_loadable_checkpoints_and_resumes(tmp_path, data_root):
     out = tmp_path / "killed.pt"
-    command = [sys.executable, str(helpers.REPO_ROOT / "helpers.py"), "train", "--smoke", "--fast", "--epochs", "2",
-               "--out", str(out), "--runs", str(tmp_path / "runs"), "--device", "cpu"]
+    command = [sys.executable, str(helpers.REPO_ROOT / "helpers.py"), "train", "--smoke", "--fast",
+               "--epochs", "2", "--out", str(out), "--runs", str(tmp_path / "runs"),
+               "--device", "cpu"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = out.with_name("killed-last.pt")
     deadline = time.monotonic() + 240
@@ -134,23 +141,28 @@ def scripted_evaluate(first_epoch: int):
     return evaluate
 
 
-def test_a_resumed_original_recipe_repeats_the_drops_the_stop_and_the_best_checkpoint(small_sets, small_settings,
-                                                                                       tmp_path, monkeypatch):
+def test_a_resumed_original_recipe_repeats_the_drops_the_stop_and_the_best_checkpoint(
+        small_sets, small_settings, tmp_path, monkeypatch):
     train_set, valid_set, test_set = small_sets
-    tiny = (helpers.first(train_set, 64), helpers.first(valid_set, 32), test_set)  # 2 steps an epoch
+    # 2 steps an epoch
+    tiny = (helpers.first(train_set, 64), helpers.first(valid_set, 32), test_set)
     monkeypatch.setattr(helpers, "evaluate", scripted_evaluate(1))
     straight, straight_history, _ = small_run(tiny, small_settings, tmp_path / "a", epochs=30,
-                                              best_path=tmp_path / "a" / "best.pt", last_path=tmp_path / "a" / "last.pt")
-    assert straight_history.epochs == 10 and straight_history.stopped_early and straight_history.best_epoch == 3
+                                              best_path=tmp_path / "a" / "best.pt",
+                                              last_path=tmp_path / "a" / "last.pt")
+    assert (straight_history.epochs == 10 and straight_history.stopped_early
+            and straight_history.best_epoch == 3)
     assert straight_history.lr == [1e-3] * 8 + [pytest.approx(1e-4)] * 2
 
     paths = dict(best_path=tmp_path / "b" / "best.pt", last_path=tmp_path / "b" / "last.pt")
     monkeypatch.setattr(helpers, "evaluate", scripted_evaluate(1))
-    small_run(tiny, small_settings, tmp_path / "b", epochs=5, **paths)  # "interrupted" after epoch 5
+    # "interrupted" after epoch 5
+    small_run(tiny, small_settings, tmp_path / "b", epochs=5, **paths)
     monkeypatch.setattr(helpers, "evaluate", scripted_evaluate(6))
     resumed, resumed_history, lines = small_run(tiny, small_settings, tmp_path / "b", epochs=30,
                                                 resume=paths["last_path"], **paths)
-    for field in ("lr", "valid_loss", "valid_accuracy", "train_loss", "best_epoch", "stopped_early"):
+    for field in ("lr", "valid_loss", "valid_accuracy", "train_loss", "best_epoch",
+                  "stopped_early"):
         assert getattr(resumed_history, field) == getattr(straight_history, field), field
     assert helpers.load_checkpoint(paths["best_path"])[1]["epoch"] == 3  # epochs 6-10 never beat it
     assert helpers.load_checkpoint(paths["last_path"])[1]["epoch"] == 10
@@ -159,12 +171,15 @@ def test_a_resumed_original_recipe_repeats_the_drops_the_stop_and_the_best_check
     assert any("learning rate reduced" in line for line in lines) and "early stop" in lines[-1]
 
 
-def test_resuming_a_run_that_stopped_early_trains_no_more(small_sets, small_settings, tmp_path, monkeypatch):
+def test_resuming_a_run_that_stopped_early_trains_no_more(small_sets, small_settings, tmp_path,
+                                                          monkeypatch):
     train_set, valid_set, test_set = small_sets
     tiny = (helpers.first(train_set, 64), helpers.first(valid_set, 32), test_set)
     monkeypatch.setattr(helpers, "evaluate", scripted_evaluate(1))
     small_run(tiny, small_settings, tmp_path, epochs=30, last_path=tmp_path / "last.pt")
-    _, history, lines = small_run(tiny, small_settings, tmp_path, epochs=30, resume=tmp_path / "last.pt")
+    _, history, lines = small_run(tiny, small_settings, tmp_path, epochs=30,
+                                  resume=tmp_path / "last.pt")
     assert history.epochs == 10 and history.stopped_early
-    assert lines == [f"resumed from {tmp_path / 'last.pt'} after epoch 10: that run had already stopped early, "
+    assert lines == [f"resumed from {tmp_path / 'last.pt'} after epoch 10: "
+                     f"that run had already stopped early, "
                      f"nothing left to do"]

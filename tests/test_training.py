@@ -8,29 +8,46 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 import helpers
+from machinery import engine
 
 
-def small_run(small_sets, settings, tmp_path, epochs, **fit_kwargs):
-    """fit() on the small real subsets with the course's optimizer, scheduler and early stopping."""
+def small_fit(small_sets, recipe, epochs, **fit_kwargs):
+    """helpers.fit (notebook 6's loop) on the small real subsets with the course's optimizer and
+    scheduler."""
     train_set, valid_set, _ = small_sets
     generator = helpers.seed_everything(0)
     model = helpers.build_model("original")
-    optimizer = helpers.make_optimizer(model, settings)
+    optimizer = helpers.make_optimizer(model, recipe)
     lines = []
     history = helpers.fit(
-        model, helpers.make_loader(train_set, settings.batch_size, shuffle=True, generator=generator),
-        helpers.make_loader(valid_set, 256), loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer,
-        device=torch.device("cpu"), recipe=replace(settings, epochs=epochs),
-        scheduler=helpers.make_scheduler(optimizer, settings), early_stopping=helpers.EarlyStopping(settings.stop_patience),
-        log=lines.append, **fit_kwargs)
+        model, helpers.make_loader(train_set, recipe.batch_size, shuffle=True, generator=generator),
+        helpers.make_loader(valid_set, 256), nn.CrossEntropyLoss(), optimizer,
+        helpers.make_scheduler(optimizer, recipe), torch.device("cpu"), epochs=epochs,
+        patience=recipe.stop_patience, log=lines.append, **fit_kwargs)
+    return model, history, lines
+
+
+def small_run(small_sets, recipe, tmp_path, epochs, **run_kwargs):
+    """The course's runner (machinery.engine.run_epochs) on the small real subsets: resume and a
+    last checkpoint on top of the same loop."""
+    train_set, valid_set, _ = small_sets
+    generator = helpers.seed_everything(0)
+    recipe = replace(recipe, epochs=epochs)
+    loader = helpers.make_loader(train_set, recipe.batch_size, shuffle=True, generator=generator)
+    model, optimizer, schedule, loss_fn = engine.make_training(recipe, torch.device("cpu"),
+                                                               len(loader))
+    lines = []
+    history = engine.run_epochs(model, loader, helpers.make_loader(valid_set, 256), recipe,
+                                optimizer, schedule, loss_fn, torch.device("cpu"),
+                                log=lines.append, **run_kwargs)
     return model, history, lines
 
 
 def test_fit_learns_logs_and_checkpoints(small_sets, small_settings, tmp_path):
     run_dir = tmp_path / "runs" / "smoke"
     with SummaryWriter(run_dir) as writer:
-        model, history, lines = small_run(small_sets, small_settings, tmp_path, epochs=3, writer=writer,
-                                          best_path=tmp_path / "best.pt", last_path=tmp_path / "last.pt")
+        model, history, lines = small_fit(small_sets, small_settings, epochs=3, writer=writer,
+                                          best_path=tmp_path / "best.pt")
     assert history.epochs == 3 and len(lines) == 3
     assert history.train_loss[-1] < history.train_loss[0] < 2.5
     assert history.valid_accuracy[-1] > 0.5  # ten classes: chance is 0.1
@@ -43,24 +60,36 @@ def test_fit_learns_logs_and_checkpoints(small_sets, small_settings, tmp_path):
     assert logged == pytest.approx(history.valid_accuracy, abs=1e-6)
 
     best, best_meta = helpers.load_checkpoint(tmp_path / "best.pt")
-    last, last_meta = helpers.load_checkpoint(tmp_path / "last.pt")
-    assert last_meta["epoch"] == 3 and best_meta["epoch"] == history.best_epoch
+    assert best_meta["epoch"] == history.best_epoch
     assert best_meta["metrics"]["valid_accuracy"] == max(history.valid_accuracy)
     assert best_meta["model"] == "original" and best_meta["classes"][0] == "T-shirt/top"
+    _, accuracy = helpers.evaluate(best, helpers.make_loader(small_sets[1], 256),
+                                   nn.CrossEntropyLoss(), torch.device("cpu"))
+    assert accuracy == max(history.valid_accuracy)  # the best epoch's weights, not the last's
+
+
+def test_the_runner_keeps_a_last_checkpoint_of_the_last_epoch(small_sets, small_settings, tmp_path):
+    model, history, lines = small_run(small_sets, small_settings, tmp_path, epochs=2,
+                                      last_path=tmp_path / "last.pt")
+    last, meta = helpers.load_checkpoint(tmp_path / "last.pt")
+    assert meta["epoch"] == 2 and meta["recipe"] == small_settings.name and len(lines) == 2
+    assert meta["settings"] == replace(small_settings, epochs=2).as_dict()
     images = torch.rand(8, 1, 28, 28)
     model.eval()
     assert torch.equal(last(images), model(images))
 
 
-def test_scheduler_and_early_stopping_on_a_scripted_plateau(small_sets, small_settings, tmp_path, monkeypatch):
+def test_scheduler_and_early_stopping_on_a_scripted_plateau(small_sets, small_settings, tmp_path,
+                                                            monkeypatch):
     # Validation improves for three epochs, then stays flat: the scheduler cuts the learning rate
     # after lr_patience (4) more epochs without progress, early stopping ends the run after 7.
     valid_losses = iter([1.0, 0.9, 0.8] + [0.85] * 20)
     valid_accuracies = iter([0.5, 0.6, 0.7, 0.75, 0.72] + [0.7] * 20)
-    monkeypatch.setattr(helpers, "evaluate", lambda *args: (next(valid_losses), next(valid_accuracies)))
+    monkeypatch.setattr(helpers, "evaluate",
+                        lambda *args: (next(valid_losses), next(valid_accuracies)))
     train_set, valid_set, test_set = small_sets
     tiny = (helpers.first(train_set, 64), valid_set, test_set)  # 10 epochs, so keep them short
-    _, history, lines = small_run(tiny, small_settings, tmp_path, epochs=30, best_path=tmp_path / "best.pt")
+    _, history, lines = small_fit(tiny, small_settings, epochs=30, best_path=tmp_path / "best.pt")
     assert history.epochs == 10 and history.stopped_early
     assert history.lr == [1e-3] * 8 + [pytest.approx(1e-4)] * 2
     assert any("learning rate reduced: 1e-03 -> 1e-04" in line for line in lines)
@@ -71,16 +100,21 @@ def test_scheduler_and_early_stopping_on_a_scripted_plateau(small_sets, small_se
 
 def test_early_stopping_counts_epochs_without_improvement():
     stopper = helpers.EarlyStopping(patience=2)
-    assert [stopper.step(loss) for loss in (1.0, 1.1, 0.9, 0.95, 0.95)] == [False, False, False, False, True]
+    assert ([stopper.step(loss) for loss in (1.0, 1.1, 0.9, 0.95, 0.95)]
+            == [False, False, False, False, True])
 
 
 def test_evaluate_averages_the_loss_over_images_not_batches(small_sets, cpu):
     _, valid_set, _ = small_sets
     torch.manual_seed(0)
     model = helpers.build_model("original")
-    # 256 images in batches of 100, 100, 56: a mean of batch means would weigh the last batch wrongly.
-    loss_uneven, acc_uneven = helpers.evaluate(model, helpers.make_loader(valid_set, 100), nn.CrossEntropyLoss(), cpu)
-    loss_whole, acc_whole = helpers.evaluate(model, helpers.make_loader(valid_set, 256), nn.CrossEntropyLoss(), cpu)
+    # 256 images in batches of 100, 100, 56: a mean of batch means would weigh the last batch
+    # wrongly.
+    loss_fn = nn.CrossEntropyLoss()
+    loss_uneven, acc_uneven = helpers.evaluate(model, helpers.make_loader(valid_set, 100),
+                                               loss_fn, cpu)
+    loss_whole, acc_whole = helpers.evaluate(model, helpers.make_loader(valid_set, 256),
+                                             loss_fn, cpu)
     assert loss_uneven == pytest.approx(loss_whole, rel=1e-5)
     assert acc_uneven == acc_whole
 
@@ -100,7 +134,7 @@ def test_a_recipe_for_an_unknown_network_fails_when_the_network_is_built():
     # helpers.build_model is the one place that checks network names
     recipe = helpers.course_settings(smoke=True, model="vgg")
     with pytest.raises(ValueError, match="unknown network 'vgg': choose one of original, improved"):
-        helpers.make_training(recipe, torch.device("cpu"), steps_per_epoch=1)
+        engine.make_training(recipe, torch.device("cpu"), steps_per_epoch=1)
 
 
 def test_pick_device_rejects_unknown_devices():
@@ -114,7 +148,8 @@ def test_pick_device_rejects_unknown_devices():
 
 def test_an_equal_validation_loss_is_no_improvement():
     """A tie does not reset early stopping's counter (nor, in fit, move the best checkpoint: see
-    test_resume's scripted run, where epoch 4 ties epoch 3's accuracy and epoch 3 stays the best)."""
+    test_resume's scripted run, where epoch 4 ties epoch 3's accuracy and epoch 3 stays the
+    best)."""
     stopper = helpers.EarlyStopping(patience=2)
     assert [stopper.step(loss) for loss in (0.5, 0.5, 0.5)] == [False, False, True]
     assert stopper.best_loss == 0.5
@@ -123,13 +158,16 @@ def test_an_equal_validation_loss_is_no_improvement():
 def test_the_epoch_loss_is_the_mean_per_image_when_the_last_batch_is_smaller(cpu):
     torch.manual_seed(0)
     images, labels = torch.rand(10, 1, 28, 28), torch.randint(0, 10, (10,))
-    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))  # no dropout: the same loss every call
-    loader = helpers.make_loader(torch.utils.data.TensorDataset(images, labels), 4)  # batches of 4, 4, 2
+    # no dropout: the same loss every call
+    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+    # batches of 4, 4, 2
+    loader = helpers.make_loader(torch.utils.data.TensorDataset(images, labels), 4)
     frozen = torch.optim.SGD(model.parameters(), lr=0.0)  # the weights stay as they are
     epoch_loss = helpers.train_one_epoch(model, loader, nn.CrossEntropyLoss(), frozen, cpu)
     with torch.no_grad():
         per_image = nn.functional.cross_entropy(model(images), labels).item()
-        mean_of_batch_means = sum(nn.functional.cross_entropy(model(x), y).item() for x, y in loader) / 3
+        mean_of_batch_means = sum(nn.functional.cross_entropy(model(x), y).item()
+                                  for x, y in loader) / 3
     assert epoch_loss == pytest.approx(per_image, rel=1e-6)
     assert epoch_loss != pytest.approx(mean_of_batch_means, rel=1e-6)  # the two really differ here
 

@@ -1,4 +1,5 @@
-"""The instructor tools' one command line: `python -m machinery.tools COMMAND ...` (--help lists them)."""
+"""The instructor tools' one command line: `python -m machinery.tools COMMAND ...` (--help lists
+them)."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli import OneLineParser, positive_int
+from ..cli import OneLineParser
 
 
 class ToolsParser(OneLineParser):
@@ -14,7 +15,8 @@ class ToolsParser(OneLineParser):
 
     def error(self, message: str) -> None:
         command = " ".join(self.prog.split()[1:])
-        self.exit(2, f"error: {message} (see: python -m machinery.tools {command + ' ' if command else ''}--help)\n")
+        self.exit(2, f"error: {message} (see: python -m machinery.tools "
+                     f"{command + ' ' if command else ''}--help)\n")
 
 
 def notebook_list(names: list[str]) -> list[Path]:
@@ -33,21 +35,25 @@ def run_sync(args) -> int:
 def run_publish(args) -> int:
     from .notebooks import ADDRESS_FILE, all_notebooks, publish
     changed = publish(args.repository, args.version, all_notebooks())
-    print(f"{ADDRESS_FILE.name}: {args.repository} at {args.version}; {len(changed)} notebooks stamped")
-    print(f"next: git commit -am 'Publish {args.version}' && git tag {args.version} && git push origin HEAD {args.version}")
+    print(f"{ADDRESS_FILE.name}: {args.repository} at {args.version}; "
+          f"{len(changed)} notebooks stamped")
+    print(f"next: git commit -am 'Publish {args.version}' && git tag {args.version} "
+          f"&& git push origin HEAD {args.version}")
     return 0
 
 
 def run_archive(args) -> int:
     from .notebooks import build_archive
     path = build_archive(args.output)
-    print(f"wrote {path} (the course as committed at HEAD): upload it to Colab's Files panel or to My Drive")
+    print(f"wrote {path} (the course as committed at HEAD): "
+          f"upload it to Colab's Files panel or to My Drive")
     return 0
 
 
 def run_lint(args) -> int:
     from .notebooks import lint
-    bad = {path.name: problems for path in notebook_list(args.notebooks) if (problems := lint(path))}
+    bad = {path.name: problems for path in notebook_list(args.notebooks)
+           if (problems := lint(path))}
     for name, problems in bad.items():
         print(f"{name}: " + "; ".join(problems))
     return 1 if bad else 0
@@ -56,12 +62,6 @@ def run_lint(args) -> int:
 def run_execute(args) -> int:
     from .notebooks import execute
     execute(notebook_list(args.notebooks))
-    return 0
-
-
-def run_bench(args) -> int:
-    from ..bench import print_bench
-    print_bench(json_output=args.json, compiled=True if args.compile else None)
     return 0
 
 
@@ -94,7 +94,8 @@ def run_reference(args) -> int:
 
 def run_trial(args) -> int:
     from .trials import parse_overrides, trial
-    print(json.dumps(trial(args.recipe, parse_overrides(args.changes), smoke=args.smoke or None, out=args.out)))
+    print(json.dumps(trial(args.recipe, parse_overrides(args.changes), smoke=args.smoke or None,
+                           out=args.out)))
     return 0
 
 
@@ -107,48 +108,59 @@ def run_mutate(args) -> int:
 
 def make_parser() -> argparse.ArgumentParser:
     """The parser of `python -m machinery.tools`."""
-    parser = ToolsParser(prog="machinery.tools", description="Instructor tools for the Fashion-MNIST course.")
+    parser = ToolsParser(prog="machinery.tools",
+                         description="Instructor tools for the Fashion-MNIST course.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=ToolsParser)
-    for name, run, text in (("sync", run_sync, "stamp the Colab badge and the setup cell into the notebooks"),
+    for name, run, text in (("sync", run_sync,
+                             "stamp the Colab badge and the setup cell into the notebooks"),
                             ("lint", run_lint, "list what would fail the notebook lint test"),
-                            ("execute", run_execute, "re-run notebooks top to bottom in place, in full mode")):
+                            ("execute", run_execute,
+                             "re-run notebooks top to bottom in place, in full mode")):
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="file names in notebooks/ (default: all)")
+        sub.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
+                         help="file names in notebooks/ (default: all)")
         sub.set_defaults(run=run)
-    publish = commands.add_parser("publish", help="record where the course is published and stamp it into "
+    publish = commands.add_parser("publish",
+                                  help="record where the course is published and stamp it into "
                                   "every badge and setup cell")
-    publish.add_argument("repository", help="the course's repository, e.g. https://github.com/OWNER/fashion-mnist-cnn.git")
-    publish.add_argument("version", help="the tag (or commit) the notebooks fetch in Colab, e.g. v1.0")
+    publish.add_argument("repository",
+                         help="the course's repository, "
+                         "e.g. https://github.com/OWNER/fashion-mnist-cnn.git")
+    publish.add_argument("version",
+                         help="the tag (or commit) the notebooks fetch in Colab, e.g. v1.0")
     publish.set_defaults(run=run_publish)
-    archive = commands.add_parser("archive", help="the committed course as one zip, for a class without a "
+    archive = commands.add_parser("archive",
+                                  help="the committed course as one zip, for a class without a "
                                   "public repository")
     archive.add_argument("-o", "--output", type=Path, default=Path("fashion-mnist-cnn.zip"))
     archive.set_defaults(run=run_archive)
-    bench = commands.add_parser("bench", help="training images/s: the original recipe vs the fast path")
-    bench.add_argument("--json", action="store_true", help="print one JSON object")
-    bench.add_argument("--compile", action="store_true", help="also time the compiled fast path (always on a GPU)")
-    bench.set_defaults(run=run_bench)
     commands.add_parser("sprint", help="GPU: fp16/bf16/fp32 short runs, and time to 93%% on short "
                         "schedules, eager and compiled").set_defaults(run=run_sprint)
     commands.add_parser("loadcheck", help="memory while evaluating and predicting thousands of "
                         "times").set_defaults(run=run_loadcheck)
     commands.add_parser("images", help="draw the sprite, the architecture diagram and the sample "
                         "photo in images/").set_defaults(run=run_images)
-    reference = commands.add_parser("reference", help="ship a trained checkpoint as reference/NAME.pt")
+    reference = commands.add_parser("reference",
+                                    help="ship a trained checkpoint as reference/NAME.pt")
     reference.add_argument("checkpoint", type=Path)
     reference.add_argument("minutes", type=float, help="how long it trained")
     reference.add_argument("command_line", metavar="COMMAND", help="the command that trained it")
-    reference.add_argument("name", nargs="?", help="reference/NAME.pt (default: the recipe's name; the network's for an older checkpoint)")
+    reference.add_argument("name", nargs="?",
+                           help="reference/NAME.pt (default: the recipe's name; the network's "
+                           "for an older checkpoint)")
     reference.set_defaults(run=run_reference)
-    trial = commands.add_parser("trial", help="train a recipe variant; report validation figures only")
+    trial = commands.add_parser("trial",
+                                help="train a recipe variant; report validation figures only")
     trial.add_argument("recipe")
     trial.add_argument("changes", nargs="*", metavar="KEY=VALUE")
     trial.add_argument("--smoke", action="store_true", help="a few thousand images, 2 epochs")
     trial.add_argument("--out", type=Path, help="checkpoints and runs under this folder")
     trial.set_defaults(run=run_trial)
-    mutate = commands.add_parser("mutate", help="put named one-line bugs into a copy of the course, one at a "
+    mutate = commands.add_parser("mutate",
+                                 help="put named one-line bugs into a copy of the course, one at a "
                                  "time, and check that the tests catch each (minutes)")
-    mutate.add_argument("only", nargs="*", metavar="WORD", help="only the mutants whose names contain a WORD")
+    mutate.add_argument("only", nargs="*", metavar="WORD",
+                        help="only the mutants whose names contain a WORD")
     mutate.set_defaults(run=run_mutate)
     return parser
 
@@ -158,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         return args.run(args)
-    except ValueError as e:  # a bad KEY=VALUE, an unknown recipe: one line, as the student CLI does
+    # a bad KEY=VALUE, an unknown recipe: one line, as the student CLI does
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

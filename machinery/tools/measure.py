@@ -1,4 +1,5 @@
-"""Measurements beyond `bench`, for an instructor with a GPU (`sprint`) or checking memory (`loadcheck`)."""
+"""Measurements beyond `bench`, for an instructor with a GPU (`sprint`) or checking memory
+(`loadcheck`)."""
 from __future__ import annotations
 
 import resource
@@ -10,14 +11,15 @@ import torch
 
 import helpers
 from ..bench import seeded_run, time_to_accuracy
-from ..fast_path import make_scaler
+from ..engine import with_precision
 
 
 def load_check(calls: int = 5000, evaluations: int = 5) -> dict:
     """Evaluate the full test set and predict single images thousands of times; report memory."""
 
     def resident_mb() -> float:
-        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+        status = dict(line.split(":", 1)
+                      for line in Path("/proc/self/status").read_text().splitlines())
         return int(status["VmRSS"].split()[0]) / 1024
 
     device = torch.device("cpu")
@@ -39,16 +41,19 @@ def load_check(calls: int = 5000, evaluations: int = 5) -> dict:
 
 
 def short_run(settings, precision, train_set, test_set, device, epochs: int = 2) -> dict:
-    """A few epochs of a recipe at a forced precision: last training loss, test accuracy, seconds."""
-    train_loader, test_loader, model, optimizer, scheduler, loss_fn = seeded_run(settings, train_set, test_set, device)
-    scaler = make_scaler(device, precision)  # one per run, as fit makes it
+    """A few epochs of a recipe at a forced precision: last training loss, test accuracy,
+    seconds."""
+    train_loader, test_loader, model, optimizer, _, loss_fn = seeded_run(settings, train_set,
+                                                                         test_set, device)
+    trained, stepper = with_precision(model, optimizer, device, precision)  # one scaler per run
     start = time.perf_counter()
     for _ in range(epochs):
-        loss = helpers.train_one_epoch(model, train_loader, loss_fn, optimizer, device, precision, scheduler, scaler)
+        loss = helpers.train_one_epoch(trained, train_loader, loss_fn, stepper, device)
     seconds = time.perf_counter() - start
     accuracy = helpers.evaluate(model, test_loader, torch.nn.CrossEntropyLoss(), device)[1]
     return {"label": f"{settings.model}, {epochs} of {settings.epochs} epochs, {precision}",
-            "train_loss": round(loss, 4), "test_accuracy": round(accuracy, 4), "seconds": round(seconds, 2)}
+            "train_loss": round(loss, 4), "test_accuracy": round(accuracy, 4),
+            "seconds": round(seconds, 2)}
 
 
 def sprint():
@@ -66,8 +71,10 @@ def sprint():
         yield short_run(improved, precision, train_set, test_set, device)
     for label, settings in [("improved, 12-epoch one-cycle", replace(improved, epochs=12)),
                             ("improved, compiled (cold)", replace(improved, compile=True)),
-                            ("improved, 12-epoch one-cycle, compiled (warm cache)", replace(improved, epochs=12, compile=True)),
-                            ("improved, 8-epoch one-cycle, compiled (warm cache)", replace(improved, epochs=8, compile=True))]:
+                            ("improved, 12-epoch one-cycle, compiled (warm cache)",
+                             replace(improved, epochs=12, compile=True)),
+                            ("improved, 8-epoch one-cycle, compiled (warm cache)",
+                             replace(improved, epochs=8, compile=True))]:
         start = time.perf_counter()
         result = time_to_accuracy(settings, train_set, test_set, device)
         yield dict(label=label, **result, call_seconds=round(time.perf_counter() - start, 1))

@@ -9,37 +9,43 @@ from pathlib import Path
 import torch
 
 import helpers
+from .. import engine
 from ..basics import CHECKPOINTS, REFERENCE, REPO_ROOT, RUNS_ROOT
 from ..recipes import Recipe, checkpoint_paths
 
 
 def make_reference(checkpoint: Path, command: str, minutes: float, name: str | None = None) -> Path:
-    """Copy a trained checkpoint to reference/NAME.pt (NAME: the recipe's; the network's for a checkpoint
-    older than recipe names) with its test figures and how it was made; the training state of a last
-    checkpoint is left out."""
+    """Copy a trained checkpoint to reference/NAME.pt (NAME: the recipe's; the network's for a
+    checkpoint older than recipe names) with its test figures and how it was made; the training
+    state of a last checkpoint is left out."""
     device = torch.device("cpu")
     model, meta = helpers.load_checkpoint(checkpoint, device)
     _, _, test_set = helpers.load_datasets(helpers.course_settings(smoke=False))
-    test_loss, test_accuracy = helpers.evaluate(model, helpers.make_loader(test_set, 1000), torch.nn.CrossEntropyLoss(), device)
+    test_loss, test_accuracy = helpers.evaluate(model, helpers.make_loader(test_set, 1000),
+                                                torch.nn.CrossEntropyLoss(), device)
     reference = {"test_accuracy": test_accuracy, "test_loss": test_loss, "command": command,
-                 # the machine that trained it, as its checkpoint recorded; older checkpoints: this one
-                 "machine": meta.get("machine") or helpers.machine(), "training_minutes": round(minutes, 1)}
-    recipe = Recipe.from_dict(meta["settings"]) if meta.get("settings") else None
+                 # the machine that trained it, as its checkpoint recorded; older checkpoints:
+                 # this one
+                 "machine": meta.get("machine") or helpers.machine(),
+                 "training_minutes": round(minutes, 1)}
     path = REFERENCE / f"{name or meta.get('recipe') or meta['model']}.pt"
-    helpers.save_checkpoint(path, model, recipe=recipe, epoch=meta.get("epoch"), metrics=meta.get("metrics"),
-                            extra={"reference": reference, "machine": reference["machine"]})
-    print(f"wrote {path.relative_to(REPO_ROOT)}: test accuracy {test_accuracy:.2%}, loss {test_loss:.4f}")
+    kept = {k: meta.get(k) for k in ("recipe", "settings", "epoch", "metrics")}
+    helpers.save_checkpoint(path, model, **kept, reference=reference, machine=reference["machine"])
+    print(f"wrote {path.relative_to(REPO_ROOT)}: test accuracy {test_accuracy:.2%}, "
+          f"loss {test_loss:.4f}")
     return path
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    """Settings changes written KEY=VALUE: values read as JSON (25, 0.1, true), otherwise as text (adamw)."""
+    """Settings changes written KEY=VALUE: values read as JSON (25, 0.1, true), otherwise as text
+    (adamw)."""
     known = [f.name for f in dataclasses.fields(Recipe) if f.name != "name"]
     overrides = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or key not in known:
-            raise ValueError(f"{pair!r} is not KEY=VALUE with KEY one of the settings: {', '.join(known)}")
+            raise ValueError(f"{pair!r} is not KEY=VALUE with KEY one of the settings: "
+                             f"{', '.join(known)}")
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -57,16 +63,21 @@ def trial(recipe: str, overrides: dict, smoke: bool | None = None, out: Path | N
     out=DIR puts both under DIR instead.
     """
     if overrides.get("final_fit"):
-        raise ValueError("a trial is judged on the validation images, and a final fit trains on them: "
-                         "choose the recipe with trials, then train it with python helpers.py train --final-fit")
+        raise ValueError("a trial is judged on the validation images, and a final fit trains on "
+                         "them: choose the recipe with trials, then train it with "
+                         "python helpers.py train --final-fit")
     name = "-".join(["trial", recipe, *(f"{key}{value}" for key, value in overrides.items())])
-    settings = dataclasses.replace(helpers.course_settings(smoke=smoke, recipe=recipe, **overrides), name=name)
+    settings = dataclasses.replace(helpers.course_settings(smoke=smoke, recipe=recipe, **overrides),
+                                   name=name)
     best_path, last_path = checkpoint_paths(settings, out or CHECKPOINTS, name)  # smoke: -smoke
-    train_set, valid_set, _ = helpers.load_datasets(settings)
-    _, history, minutes = helpers.train_run(settings, train_set, valid_set, helpers.pick_device(),
-                                            run_dir=(out / "runs" if out else RUNS_ROOT) / best_path.stem,
-                                            best_path=best_path, last_path=last_path)
+    train_set, valid_set, _ = engine.recipe_datasets(settings, helpers.DATA_ROOT)
+    _, history, minutes = engine.train_run(settings, train_set, valid_set, helpers.pick_device(),
+                                           run_dir=((out / "runs" if out else RUNS_ROOT)
+                                                    / best_path.stem),
+                                           best_path=best_path, last_path=last_path)
     return {"recipe": recipe, "overrides": overrides, "epochs": history.epochs,
-            "valid_accuracy_last": history.valid_accuracy[-1], "valid_accuracy_best": max(history.valid_accuracy),
-            "minutes": round(minutes, 1), "last_checkpoint": str(last_path), "machine": helpers.machine()}
+            "valid_accuracy_last": history.valid_accuracy[-1],
+            "valid_accuracy_best": max(history.valid_accuracy),
+            "minutes": round(minutes, 1), "last_checkpoint": str(last_path),
+            "machine": helpers.machine()}
 
