@@ -1,4 +1,5 @@
-"""The command line: `python helpers.py train | evaluate | bench` (helpers.py hands over to main)."""
+"""The command line: `python helpers.py train | evaluate | bench` (helpers.py hands over to
+main)."""
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,10 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad argument in one line instead of the usage block."""
 
     def error(self, message: str) -> None:
-        command = " ".join(self.prog.split()[1:])  # "helpers.py train" -> "train"; the top level: ""
-        self.exit(2, f"error: {message} (see: python {self.prog.split()[0]} {command + ' ' if command else ''}--help)\n")
+        # "helpers.py train" -> "train"; the top level: ""
+        command = " ".join(self.prog.split()[1:])
+        self.exit(2, f"error: {message} (see: python {self.prog.split()[0]} "
+                     f"{command + ' ' if command else ''}--help)\n")
 
 
 def positive_int(text: str) -> int:
@@ -35,18 +38,20 @@ def train_command(args: argparse.Namespace) -> None:
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
                                    ("compile", args.compile), ("final_fit", args.final_fit)) if v}
     state = None
-    if args.resume:  # the run's own recipe; only --epochs (to train longer) and --compile may change
+    # the run's own recipe; only --epochs (to train longer) and --compile may change
+    if args.resume:
         recipe, state = runs.resumed_recipe(args.resume, **overrides)
     else:
         recipe = runs.choose_recipe(args.model, args.recipe, args.fast, args.smoke, **overrides)
-    report = runs.train(recipe, pick_device(args.device), data=args.data, runs=args.runs, out=args.out,
-                        resume=args.resume, state=state)
+    report = runs.train(recipe, pick_device(args.device), data=args.data, runs=args.runs,
+                        out=args.out, resume=args.resume, state=state)
     on_all = f" on all {report['train_images']:,} training images" if recipe.final_fit else ""
     print(f"trained {report['epochs']} epochs{on_all} in {report['minutes']:.1f} min"
           f"{' (early stop)' if report['stopped_early'] else ''}")
     loss, accuracy, path = report["last"]
     last = f"{accuracy:.2%} (loss {loss:.4f}) -> {path}"
-    if "best" not in report:  # a final fit: no held-out validation, so no best epoch; the result is the last one
+    # a final fit: no held-out validation, so no best epoch; the result is the last one
+    if "best" not in report:
         print(f"test accuracy on {report['test_images']:,} images: {last}")
         return
     loss, accuracy, path = report["best"]
@@ -61,7 +66,8 @@ def evaluate_command(args: argparse.Namespace) -> None:
         if args.json:
             print(json.dumps(result), flush=True)
         else:
-            print(f"{result['checkpoint']}: {result['model']} ({result['params']:,} parameters, epoch "
+            print(f"{result['checkpoint']}: {result['model']} "
+                  f"({result['params']:,} parameters, epoch "
                   f"{result['epoch']}): test accuracy {result['test_accuracy']:.2%}, test loss "
                   f"{result['test_loss']:.4f} on {result['test_images']:,} images")
 
@@ -74,38 +80,55 @@ def bench_command(args: argparse.Namespace) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     """The `python helpers.py` parser, with its three commands."""
-    parser = OneLineParser(prog="helpers.py", description="Fashion-MNIST course: train and evaluate.")
+    parser = OneLineParser(prog="helpers.py",
+                           description="Fashion-MNIST course: train and evaluate.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     train = commands.add_parser("train", help="train a network end to end and report test accuracy")
     train.set_defaults(run=train_command)
-    train.add_argument("--model", help="the network to train (original, improved, ...): trains the course "
+    train.add_argument("--model",
+                       help="the network to train (original, improved, ...): trains the course "
                        "recipe for it; default: original")
-    train.add_argument("--recipe", help=f"a recipe by name: {', '.join(RECIPES)} (default: the network's)")
-    train.add_argument("--epochs", type=positive_int, help="maximum epochs (default: the recipe's: 50 original, 25 --fast, 24 improved; smoke: 2)")
-    train.add_argument("--batch-size", type=positive_int, help="training batch size (default: 16 original, 128 --fast, 256 improved)")
-    train.add_argument("--fast", action="store_true", help="the original network on the fast path: data on the "
-                       "device, channels-last, mixed precision on a GPU, batch 128, one-cycle, 25 epochs "
+    train.add_argument("--recipe",
+                       help=f"a recipe by name: {', '.join(RECIPES)} (default: the network's)")
+    train.add_argument("--epochs", type=positive_int,
+                       help="maximum epochs (default: the recipe's: 50 original, 25 --fast, "
+                       "24 improved; smoke: 2)")
+    train.add_argument("--batch-size", type=positive_int,
+                       help="training batch size (default: 16 original, 128 --fast, 256 improved)")
+    train.add_argument("--fast", action="store_true",
+                       help="the original network on the fast path: data on the device, "
+                       "channels-last, mixed precision on a GPU, batch 128, one-cycle, 25 epochs "
                        "(--model improved always runs on it)")
-    train.add_argument("--compile", action="store_true", help="torch.compile the network, with CUDA graphs on "
-                       "a GPU (the first batches pay for compiling; slower than plain PyTorch on a CPU)")
-    train.add_argument("--smoke", action="store_true", help="a few thousand images, 2 epochs (as FMNIST_SMOKE=1)")
-    train.add_argument("--final-fit", action="store_true", help="train on all 60,000 images, the validation "
-                       "ones too: the last step once a recipe is chosen (how the reference checkpoints are made)")
+    train.add_argument("--compile", action="store_true",
+                       help="torch.compile the network, with CUDA graphs on a GPU (the first "
+                       "batches pay for compiling; slower than plain PyTorch on a CPU)")
+    train.add_argument("--smoke", action="store_true",
+                       help="a few thousand images, 2 epochs (as FMNIST_SMOKE=1)")
+    train.add_argument("--final-fit", action="store_true",
+                       help="train on all 60,000 images, the validation ones too: the last "
+                       "step once a recipe is chosen (how the reference checkpoints are made)")
     train.add_argument("--resume", metavar="LAST_CHECKPOINT",
                        help="carry on an interrupted run from its last checkpoint (NAME-last.pt)")
-    train.add_argument("--runs", default=str(RUNS_ROOT), help="TensorBoard runs folder (default: runs/)")
-    train.add_argument("--out", help="best checkpoint path (default: checkpoints/RECIPE.pt, smoke: RECIPE-smoke.pt); "
-                       "the last one is saved beside it as NAME-last.pt")
-    evaluate = commands.add_parser("evaluate", help="evaluate checkpoints on the 10,000 test images")
+    train.add_argument("--runs", default=str(RUNS_ROOT),
+                       help="TensorBoard runs folder (default: runs/)")
+    train.add_argument("--out",
+                       help="best checkpoint path (default: checkpoints/RECIPE.pt, "
+                       "smoke: RECIPE-smoke.pt); the last one is saved beside it as NAME-last.pt")
+    evaluate = commands.add_parser("evaluate",
+                                   help="evaluate checkpoints on the 10,000 test images")
     evaluate.set_defaults(run=evaluate_command)
     evaluate.add_argument("checkpoint", type=Path, nargs="+")
-    evaluate.add_argument("--json", action="store_true", help="print one JSON object per checkpoint")
-    bench = commands.add_parser("bench", help="training images/s: the original recipe vs the fast path")
+    evaluate.add_argument("--json", action="store_true",
+                          help="print one JSON object per checkpoint")
+    bench = commands.add_parser("bench",
+                                help="training images/s: the original recipe vs the fast path")
     bench.set_defaults(run=bench_command)
     bench.add_argument("--json", action="store_true", help="print one JSON object")
-    bench.add_argument("--compile", action="store_true", help="also time the compiled fast path (always on a GPU)")
+    bench.add_argument("--compile", action="store_true",
+                       help="also time the compiled fast path (always on a GPU)")
     for sub in (train, evaluate):
-        sub.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+        sub.add_argument("--device", default="auto",
+                         help="auto (default), cpu, cuda, cuda:N or mps")
         sub.add_argument("--data", default=str(DATA_ROOT), help="data root (default: data/)")
     return parser
 

@@ -1,4 +1,5 @@
-"""Colab: keep checkpoints on Google Drive, and say what training costs on a runtime without a GPU."""
+"""Colab: keep checkpoints on Google Drive, and say what training costs on a runtime without a
+GPU."""
 from __future__ import annotations
 
 import sys
@@ -18,7 +19,8 @@ def in_colab() -> bool:
 
 
 def checkpoint_folder(keep_on_drive: bool, log=print) -> Path:
-    """Where stage 6 saves checkpoints: Google Drive when asked and in Colab (mounted here), else checkpoints/."""
+    """Where stage 6 saves checkpoints: Google Drive when asked and in Colab (mounted here), else
+    checkpoints/."""
     if not keep_on_drive:
         return CHECKPOINTS
     if not in_colab():
@@ -32,14 +34,18 @@ def checkpoint_folder(keep_on_drive: bool, log=print) -> Path:
 
 
 def runtime_note(device: torch.device, *references: Path) -> str:
-    """One paragraph on where training runs: the GPU's name, or what the reference runs of the same recipes cost."""
+    """One paragraph on where training runs: the GPU's name, or what the reference runs of the
+    same recipes cost."""
     if device.type == "cuda":
         return f"training on the GPU: {torch.cuda.get_device_name(device)}"
-    made = [read_checkpoint(path).get("reference", {}) for path in references or (REFERENCE / "original.pt",)]
+    made = [read_checkpoint(path).get("reference", {})
+            for path in references or (REFERENCE / "original.pt",)]
     machines = {run.get("machine") for run in made}
     if all("training_minutes" in run for run in made) and len(machines) == 1:
-        minutes = [round(run["training_minutes"]) for run in made]  # whole minutes that add up as printed
-        cost = (f"the course's reference run of this recipe took {minutes[0]} min" if len(made) == 1 else
+        # whole minutes that add up as printed
+        minutes = [round(run["training_minutes"]) for run in made]
+        cost = (f"the course's reference run of this recipe took {minutes[0]} min"
+                if len(made) == 1 else
                 f"the course's reference runs of the {len(made)} trainings here took "
                 f"{' + '.join(map(str, minutes))} = {sum(minutes)} min")
         cost += f" on {machines.pop()}"
@@ -48,4 +54,5 @@ def runtime_note(device: torch.device, *references: Path) -> str:
     if in_colab():
         return (f"This Colab runtime has no GPU: {cost}. For a few minutes instead: {T4_HOWTO}. "
                 "Or carry on here: the progress bar shows the time left in each epoch.")
-    return f"training on the CPU ({device}): {cost}; the progress bar shows the time left in each epoch."
+    return (f"training on the CPU ({device}): {cost}; "
+            "the progress bar shows the time left in each epoch.")

@@ -26,7 +26,8 @@ def plot_confusion_matrix(matrix: torch.Tensor, title: str = "Confusion matrix")
 
 
 def plot_history(history, title: str = ""):
-    """Loss and accuracy curves of a training run (a helpers.History), side by side; returns the figure."""
+    """Loss and accuracy curves of a training run (a helpers.History), side by side; returns the
+    figure."""
     import matplotlib.pyplot as plt
     epochs = range(1, history.epochs + 1)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -35,7 +36,8 @@ def plot_history(history, title: str = ""):
     ax_loss.set(xlabel="epoch", ylabel="loss per image", title="Loss")
     ax_loss.legend()
     ax_acc.plot(epochs, history.valid_accuracy, color="C1")
-    ax_acc.axvline(history.best_epoch, color="grey", linestyle=":", label=f"best (epoch {history.best_epoch})")
+    ax_acc.axvline(history.best_epoch, color="grey", linestyle=":",
+                   label=f"best (epoch {history.best_epoch})")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Validation accuracy")
     ax_acc.legend()
     if title:

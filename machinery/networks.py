@@ -1,4 +1,5 @@
-"""Stage 10's network, a small ResNet: notebook 10 explains it; helpers.NETWORKS names it "improved"."""
+"""Stage 10's network, a small ResNet: notebook 10 explains it; helpers.NETWORKS names it
+"improved"."""
 from __future__ import annotations
 
 import torch
@@ -6,20 +7,24 @@ import torch.nn as nn
 
 
 def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
-    """3x3 convolution (no bias: BatchNorm adds its own), BatchNorm, ReLU; keeps height and width."""
+    """3x3 convolution (no bias: BatchNorm adds its own), BatchNorm, ReLU; keeps height and
+    width."""
     return nn.Sequential(nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
                          nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
 class ResidualBlock(nn.Module):
-    """Two convolutions whose output is added to their input: x + f(x) (a ResNet's building block)."""
+    """Two convolutions whose output is added to their input: x + f(x) (a ResNet's building
+    block)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(conv_bn_relu(channels, channels), conv_bn_relu(channels, channels))
+        self.body = nn.Sequential(conv_bn_relu(channels, channels),
+                                  conv_bn_relu(channels, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)  # the block only has to learn a correction to x: deep nets train easily
+        # the block only has to learn a correction to x: deep nets train easily
+        return x + self.body(x)
 
 
 class ImprovedCNN(nn.Module):

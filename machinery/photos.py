@@ -32,7 +32,8 @@ def as_image_batch(images: torch.Tensor) -> torch.Tensor:
 
 
 def load_photo(path: Path | str) -> torch.Tensor:
-    """A photo (any size, format, bit depth or colour mode Pillow opens) as a 1x28x28 image in Fashion-MNIST's style.
+    """A photo (any size, format, bit depth or colour mode Pillow opens) as a 1x28x28 image in
+    Fashion-MNIST's style.
 
     Fashion-MNIST shows a light garment, centred, filling a black square. A photo is usually a
     dark garment on a light background: we invert it when its border is light, crop to the
@@ -54,7 +55,8 @@ def load_photo(path: Path | str) -> torch.Tensor:
     if len(rows) == 0:
         raise ValueError(f"{path}: no garment found (the picture is empty or has no contrast)")
     garment = gray[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-    garment = garment / garment.max()  # stretch: the brightest part of a garment is white, as in the dataset
+    # stretch: the brightest part of a garment is white, as in the dataset
+    garment = garment / garment.max()
     side = max(garment.shape)
     square = np.zeros((side, side), dtype=np.float32)
     top, left = (side - garment.shape[0]) // 2, (side - garment.shape[1]) // 2
@@ -64,7 +66,8 @@ def load_photo(path: Path | str) -> torch.Tensor:
 
 
 def read_rgba(path: Path | str):
-    """The picture at path, upright, as 8-bit RGBA whatever its mode and depth, or a ValueError that says why not.
+    """The picture at path, upright, as 8-bit RGBA whatever its mode and depth, or a ValueError
+    that says why not.
 
     Pillow's convert() handles CMYK (Adobe's inverted JPEGs too), palettes and their transparency,
     1-bit, LAB and alpha; eight_bit() first brings down what it would clip.
@@ -77,9 +80,12 @@ def read_rgba(path: Path | str):
             img = ImageOps.exif_transpose(img)  # phones store rotation as metadata
             img = eight_bit(img).convert("RGBA")
     except UnidentifiedImageError:
-        raise ValueError(f"{path} is not an image that can be read (PNG or JPEG expected)") from None
-    except Image.DecompressionBombError as e:  # Pillow's guard against files that unpack to gigabytes
-        raise ValueError(f"{path} is too large to open ({e}): shrink it to a few thousand pixels a side") from None
+        raise ValueError(f"{path} is not an image that can be read "
+                         f"(PNG or JPEG expected)") from None
+    # Pillow's guard against files that unpack to gigabytes
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{path} is too large to open ({e}): "
+                         f"shrink it to a few thousand pixels a side") from None
     except (OSError, ValueError) as e:  # a truncated or damaged image file
         raise ValueError(f"{path} is a damaged image ({e}): save or download it again") from None
     return img
@@ -91,9 +97,11 @@ def edge(pixels: np.ndarray) -> np.ndarray:
 
 
 def light_cutout(img) -> bool:
-    """Whether a picture is a cut-out (transparent all round) of a subject so light it would vanish on white."""
+    """Whether a picture is a cut-out (transparent all round) of a subject so light it would
+    vanish on white."""
     alpha = np.asarray(img.getchannel("A"), dtype=np.float32) / 255
-    if edge(alpha).mean() > 0.5 or alpha.sum() == 0:  # its background is not transparent, or all of it is
+    # its background is not transparent, or all of it is
+    if edge(alpha).mean() > 0.5 or alpha.sum() == 0:
         return False
     gray = np.asarray(img.convert("L"), dtype=np.float32) / 255  # its colour, as if it were opaque
     # most of it near white (a white shirt), not just light: a photo of a light garment on white is
@@ -105,7 +113,8 @@ DEEP_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # what convert() wou
 
 
 def eight_bit(img):
-    """A grayscale image deeper than 8 bits (16- or 32-bit integer, or float) scaled to 8 bits, not clipped.
+    """A grayscale image deeper than 8 bits (16- or 32-bit integer, or float) scaled to 8 bits,
+    not clipped.
 
     Pillow's convert() clips such pixels at 255, which turns a 16-bit photo almost pure white.
     """
@@ -113,14 +122,18 @@ def eight_bit(img):
     if img.mode not in DEEP_MODES:
         return img
     pixels = np.asarray(img, dtype=np.float64)
-    measured = np.isfinite(pixels)  # float files mark a pixel with no value NaN: it becomes transparent
+    # float files mark a pixel with no value NaN: it becomes transparent
+    measured = np.isfinite(pixels)
     black, white = black_and_white(img.mode, pixels[measured]) if measured.any() else (0.0, 1.0)
-    gray = np.clip(np.round((np.where(measured, pixels, black) - black) / (white - black) * 255), 0, 255)
-    return Image.merge("LA", [Image.fromarray(np.uint8(gray)), Image.fromarray(np.uint8(measured) * 255)])
+    gray = np.clip(np.round((np.where(measured, pixels, black) - black) / (white - black) * 255),
+                   0, 255)
+    return Image.merge("LA", [Image.fromarray(np.uint8(gray)),
+                              Image.fromarray(np.uint8(measured) * 255)])
 
 
 def black_and_white(mode: str, pixels: np.ndarray) -> tuple[float, float]:
-    """The values standing for black and white: the format's own range where it has one, else the picture's."""
+    """The values standing for black and white: the format's own range where it has one, else the
+    picture's."""
     low, high = float(pixels.min()), float(pixels.max())
     if mode.startswith("I;16"):
         return 0.0, 65535.0

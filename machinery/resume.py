@@ -48,7 +48,8 @@ def training_state(optimizer, scheduler, early_stopping, history, train_loader,
         "best_path": str(best_path) if best_path is not None else None,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,  # fp16
+        # fp16
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "early_stopping": vars(early_stopping).copy() if early_stopping is not None else None,
         "history": vars(history).copy(),
         "rng": rng_state(train_loader),
@@ -57,14 +58,16 @@ def training_state(optimizer, scheduler, early_stopping, history, train_loader,
 
 def restore_training(path: Path | str, network: str, model, optimizer, scheduler, early_stopping,
                      train_loader, device, scaler=None, log=print) -> dict:
-    """Load a last checkpoint's weights and training state into fresh objects; returns its history's fields."""
+    """Load a last checkpoint's weights and training state into fresh objects; returns its
+    history's fields."""
     payload = read_checkpoint(path, device)
     state = payload.get("training_state")
     if state is None:
         raise CheckpointError(f"{path} holds weights only, no training state to resume from: "
                               f"resume from the run's last checkpoint instead")
     if payload.get("model") != network:
-        raise CheckpointError(f"{path} is a run of the {payload.get('model')!r} network, not {network!r}")
+        raise CheckpointError(f"{path} is a run of the {payload.get('model')!r} network, "
+                              f"not {network!r}")
     load_weights(model, payload, path)
     try:
         optimizer.load_state_dict(state["optimizer"])
@@ -73,13 +76,15 @@ def restore_training(path: Path | str, network: str, model, optimizer, scheduler
         if scaler is not None and state.get("scaler"):  # older checkpoints have none: a fresh scale
             scaler.load_state_dict(state["scaler"])
     except (ValueError, KeyError) as e:
-        raise CheckpointError(f"{path}: its optimizer or scheduler state does not fit this run ({e})") from None
+        raise CheckpointError(f"{path}: its optimizer or scheduler state does not fit this run "
+                              f"({e})") from None
     if early_stopping is not None and state["early_stopping"] is not None:
         vars(early_stopping).update(state["early_stopping"])
     set_rng_state(state["rng"], train_loader)
     history = state["history"]
     log(f"resumed from {path} after epoch {len(history['train_loss'])}"
-        + (": that run had already stopped early, nothing left to do" if history["stopped_early"] else ""))
+        + (": that run had already stopped early, nothing left to do"
+           if history["stopped_early"] else ""))
     return history
 
 

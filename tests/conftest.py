@@ -55,8 +55,9 @@ def untracked_files() -> set[str] | None:
     """Files git neither tracks nor ignores (None outside a git checkout)."""
     import subprocess
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO_ROOT,
-                             capture_output=True, text=True, timeout=60, check=True).stdout
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                             check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return {line[3:] for line in out.splitlines() if line.startswith("??")}
@@ -84,9 +85,11 @@ def pytest_sessionfinish(session, exitstatus):
         return  # the controller checks once, after every worker has finished
     files_before, servers_before = session.config.stash_before
     files_after = untracked_files()
-    stray = sorted(files_after - files_before) if files_before is not None and files_after is not None else []
+    stray = (sorted(files_after - files_before)
+             if files_before is not None and files_after is not None else [])
     servers = sorted(tensorboard_processes() - servers_before)
     if stray or servers:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        reporter.write_line(f"LEFT BEHIND by the test run: files {stray[:10]}, TensorBoard servers {servers}", red=True)
+        reporter.write_line(f"LEFT BEHIND by the test run: files {stray[:10]}, "
+                            f"TensorBoard servers {servers}", red=True)
         session.exitstatus = 1

@@ -36,16 +36,19 @@ def in_colab(monkeypatch):
 def test_notebooks_use_drive_then_your_run_then_the_reference(folders):
     drive, local = folders
     assert helpers.course_checkpoint("original") == helpers.REFERENCE / "original.pt"
-    assert helpers.describe_checkpoint(helpers.course_checkpoint("original")) == "reference/original.pt (the course's reference)"
+    assert (helpers.describe_checkpoint(helpers.course_checkpoint("original"))
+            == "reference/original.pt (the course's reference)")
     local.mkdir(parents=True)
     (local / "original.pt").write_bytes(b"")
     assert helpers.course_checkpoint("original") == local / "original.pt"
-    assert helpers.describe_checkpoint(local / "original.pt") == "checkpoints/original.pt (yours, from stage 6)"
+    assert (helpers.describe_checkpoint(local / "original.pt")
+            == "checkpoints/original.pt (yours, from stage 6)")
     drive.mkdir(parents=True)
     (drive / "original.pt").write_bytes(b"")
     assert helpers.course_checkpoint("original") == drive / "original.pt"
     assert helpers.describe_checkpoint(drive / "original.pt") == (
-        "My Drive/fashion-mnist-cnn/checkpoints/original.pt (yours, from stage 6, kept on Google Drive)")
+        "My Drive/fashion-mnist-cnn/checkpoints/original.pt (yours, from stage 6, "
+        "kept on Google Drive)")
 
 
 def test_checkpoints_go_to_drive_only_when_asked_and_in_colab(folders, monkeypatch, in_colab):
@@ -59,16 +62,21 @@ def test_checkpoints_go_to_drive_only_when_asked_and_in_colab(folders, monkeypat
 
 
 def test_a_runtime_without_a_gpu_is_told_the_cost_and_how_to_switch(monkeypatch):
-    minutes = helpers.read_checkpoint(helpers.REFERENCE / "original.pt")["reference"]["training_minutes"]
+    minutes = helpers.read_checkpoint(
+        helpers.REFERENCE / "original.pt")["reference"]["training_minutes"]
     here = colab.runtime_note(torch.device("cpu"))
     assert f"took {minutes:.0f} min on CPU" in here and "T4" not in here
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
     in_colab = colab.runtime_note(torch.device("cpu"))
-    assert "no GPU" in in_colab and "Change runtime type > T4 GPU" in in_colab and f"{minutes:.0f} min" in in_colab
+    assert ("no GPU" in in_colab and "Change runtime type > T4 GPU" in in_colab
+            and f"{minutes:.0f} min" in in_colab)
 
 
 def test_a_notebook_that_trains_several_recipes_is_told_their_summed_cost():
-    paths = [helpers.REFERENCE / name for name in ("original-fast.pt", "original-fast.pt", "improved.pt")]
-    minutes = [round(helpers.read_checkpoint(path)["reference"]["training_minutes"]) for path in paths]
+    paths = [helpers.REFERENCE / name
+             for name in ("original-fast.pt", "original-fast.pt", "improved.pt")]
+    minutes = [round(helpers.read_checkpoint(path)["reference"]["training_minutes"])
+               for path in paths]
     note = colab.runtime_note(torch.device("cpu"), *paths)
-    assert f"runs of the 3 trainings here took {minutes[0]} + {minutes[1]} + {minutes[2]} = {sum(minutes)} min on CPU" in note
+    assert (f"runs of the 3 trainings here took {minutes[0]} + {minutes[1]} + {minutes[2]} "
+            f"= {sum(minutes)} min on CPU" in note)

@@ -53,7 +53,8 @@ needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 
 def make_env() -> dict[str, str]:
     """The environment without what would change make's choices (PYTHON ?= python3, MAKEFLAGS)."""
-    return {k: v for k, v in os.environ.items() if k not in ("PYTHON", "MAKEFLAGS", "MAKELEVEL", "FMNIST_SMOKE")}
+    return {k: v for k, v in os.environ.items()
+            if k not in ("PYTHON", "MAKEFLAGS", "MAKELEVEL", "FMNIST_SMOKE")}
 
 
 def make_dry_run(*args: str, cwd=None, env: dict[str, str] | None = None) -> list[str]:
@@ -78,8 +79,10 @@ def quick_start_commands() -> list[str]:
 def test_readme_quick_start_is_make_train_and_make_test():
     commands = quick_start_commands()
     assert "make train" in commands and "make test" in commands and "make lab" in commands
-    assert not any("pip install" in c or "-m venv" in c for c in commands), commands   # make does it
-    assert any("python3-venv" in c and "make" in c.split() for c in commands), commands  # prerequisites
+    # make does it
+    assert not any("pip install" in c or "-m venv" in c for c in commands), commands
+    # prerequisites
+    assert any("python3-venv" in c and "make" in c.split() for c in commands), commands
 
 
 @needs_make
@@ -95,7 +98,8 @@ def test_make_train_and_test_run_the_readme_commands():
 
 @needs_make
 def test_make_train_in_smoke_mode_evaluates_the_checkpoint_it_wrote():
-    smoke_best = helpers.checkpoint_paths(helpers.course_settings(smoke=True))[0].relative_to(helpers.REPO_ROOT)
+    smoke_best = helpers.checkpoint_paths(helpers.course_settings(smoke=True))[0].relative_to(
+        helpers.REPO_ROOT)
     assert make_dry_run("train", env={"FMNIST_SMOKE": "1"})[-1] == \
         f".venv/bin/python helpers.py evaluate {smoke_best.as_posix()} --json"
     assert make_dry_run("train", env={"FMNIST_SMOKE": "0"})[-2:] == TRAIN_COMMANDS
@@ -106,7 +110,8 @@ def test_ci_runs_make_test():
     commands = [line.strip() for line in script.splitlines()
                 if line.strip() and not line.strip().startswith(("#", "echo"))]
     assert "make test" in commands, commands
-    assert not any("pytest" in c or "pip install" in c for c in commands), commands   # only via make
+    # only via make
+    assert not any("pytest" in c or "pip install" in c for c in commands), commands
     apt = next(c for c in commands if "apt-get install" in c).split()
     for package in ("make", "python3-venv", "dataset-fashion-mnist", "chromium"):
         assert package in apt, package
@@ -121,7 +126,8 @@ def test_make_sets_up_the_venv_only_when_requirements_change(tmp_path):
         steps = make_dry_run("test", cwd=tmp_path)
         assert steps[-1] == TEST_COMMAND, steps
         return any("python3 -m venv .venv" in s for s in steps) and \
-            any(".venv/bin/python -m pip install" in s and "-r requirements.txt" in s for s in steps)
+            any(".venv/bin/python -m pip install" in s and "-r requirements.txt" in s
+                for s in steps)
 
     assert installs()                                   # no .venv yet
     (tmp_path / ".venv").mkdir()
@@ -143,7 +149,8 @@ def test_make_without_venv_module_says_install_python3_venv(tmp_path):
     (tmp_path / "no_ensurepip" / "ensurepip" / "__init__.py").write_text(
         "raise ImportError('like Debian without python3-venv')\n")
     python = tmp_path / "python3"
-    python.write_text(f"#!/bin/sh\nPYTHONPATH={tmp_path / 'no_ensurepip'} exec {sys.executable} \"$@\"\n")
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={tmp_path / 'no_ensurepip'} "
+                      f"exec {sys.executable} \"$@\"\n")
     python.chmod(0o755)
     run = subprocess.run(["make", "test", f"PYTHON={python}"], cwd=tmp_path,
                          capture_output=True, text=True, env=make_env())
@@ -165,7 +172,8 @@ def test_make_venv_stamps_a_good_install_and_shows_only_pip_errors(tmp_path, pip
     bin_dir = tmp_path / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
     calls = tmp_path / "calls.log"
-    pip = ('echo "WARNING: Location \'/nowhere\' is ignored"; echo "ERROR: No matching distribution"; exit 1'
+    pip = ('echo "WARNING: Location \'/nowhere\' is ignored"; '
+           'echo "ERROR: No matching distribution"; exit 1'
            if not pip_works else "exit 0")
     (bin_dir / "python").write_text(
         f'#!/bin/sh\necho "$*" >> {calls}\nif [ "$2" = pip ]; then {pip}; fi\n')

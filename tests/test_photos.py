@@ -1,6 +1,6 @@
 """Stage 7: photos as people have them. Every bit depth and colour mode Pillow opens, transparency
-and rotation tags must read like the plain 8-bit photo of the same real test image; a picture with no
-garment, or a file that is not a usable image, gets a clear error and the file is left as it was.
+and rotation tags must read like the plain 8-bit photo of the same real test image; a picture with
+no garment, or a file that is not a usable image, gets a clear error and the file is left as it was.
 
 Each fixture is made here from a real Fashion-MNIST test image: inverted (a dark garment on white,
 as a photo shows it), enlarged, with margins, then saved in the mode under test."""
@@ -18,8 +18,8 @@ def garment(small_sets, tmp_path_factory):
     saved as an ordinary 8-bit RGB PNG: the reference every other mode must match."""
     _, _, test_set = small_sets
     image, _ = test_set[0]  # an ankle boot: not the same turned or flipped, so rotations show
-    enlarged = Image.fromarray(np.uint8(image.squeeze(0).numpy() * 255)).resize((168, 168),
-                                                                                Image.Resampling.BICUBIC)
+    enlarged = Image.fromarray(np.uint8(image.squeeze(0).numpy() * 255)).resize(
+        (168, 168), Image.Resampling.BICUBIC)
     photo = np.full((208, 248), 255, dtype=np.uint8)
     photo[20:188, 40:208] = 255 - np.asarray(enlarged)
     path = tmp_path_factory.mktemp("reference") / "photo.png"
@@ -34,11 +34,13 @@ def reads_like(path, reference: torch.Tensor, mode: str, tolerance: float = 2 / 
     loaded = helpers.load_photo(path)
     assert loaded.shape == (1, 28, 28) and loaded.dtype == torch.float32
     difference = (loaded - reference).abs().max().item()
-    assert difference <= tolerance, f"{path.name} ({mode}) differs from the 8-bit photo by {difference:.3f}"
+    assert difference <= tolerance, \
+        f"{path.name} ({mode}) differs from the 8-bit photo by {difference:.3f}"
 
 
 def with_nan_margin(photo: np.ndarray) -> np.ndarray:
-    """The photo in 0-1 floats, a block of its margin holding no value (NaN), as scientific files may."""
+    """The photo in 0-1 floats, a block of its margin holding no value (NaN), as scientific
+    files may."""
     pixels = photo.astype(np.float32) / 255
     pixels[:15, :30] = np.nan
     return pixels
@@ -47,10 +49,14 @@ def with_nan_margin(photo: np.ndarray) -> np.ndarray:
 # name: (the photo in that form, file name, the mode Pillow opens it in)
 DEEP = {
     "16-bit grayscale PNG": (lambda p: Image.fromarray(p.astype(np.uint16) * 257), "png", "I;16"),
-    "32-bit integer TIFF, full range": (lambda p: Image.fromarray(p.astype(np.int32) << 23), "tif", "I"),
-    "32-bit integer TIFF, 16-bit values": (lambda p: Image.fromarray(p.astype(np.int32) * 257), "tif", "I"),
-    "32-bit integer TIFF, 8-bit values": (lambda p: Image.fromarray(p.astype(np.int32)), "tif", "I"),
-    "32-bit signed TIFF, centred on 0": (lambda p: Image.fromarray((p.astype(np.int32) - 128) * 1000), "tif", "I"),
+    "32-bit integer TIFF, full range": (lambda p: Image.fromarray(p.astype(np.int32) << 23),
+                                        "tif", "I"),
+    "32-bit integer TIFF, 16-bit values": (lambda p: Image.fromarray(p.astype(np.int32) * 257),
+                                           "tif", "I"),
+    "32-bit integer TIFF, 8-bit values": (lambda p: Image.fromarray(p.astype(np.int32)),
+                                          "tif", "I"),
+    "32-bit signed TIFF, centred on 0": (
+        lambda p: Image.fromarray((p.astype(np.int32) - 128) * 1000), "tif", "I"),
     "float TIFF, 0-1": (lambda p: Image.fromarray(p.astype(np.float32) / 255), "tif", "F"),
     "float TIFF, 0-255": (lambda p: Image.fromarray(p.astype(np.float32)), "tif", "F"),
     "float TIFF, NaN in the margin": (lambda p: Image.fromarray(with_nan_margin(p)), "tif", "F"),
@@ -59,7 +65,8 @@ DEEP = {
 
 @pytest.mark.parametrize("name", DEEP)
 def test_deep_grayscale_reads_like_the_8_bit_photo(garment, tmp_path, name):
-    """16- and 32-bit integers and floats: Pillow's convert() would clip them at 255 (pure white)."""
+    """16- and 32-bit integers and floats: Pillow's convert() would clip them at 255 (pure
+    white)."""
     _, photo, reference = garment
     make, suffix, mode = DEEP[name]
     path = tmp_path / f"photo.{suffix}"
@@ -81,8 +88,8 @@ def mixed_inks(photo: np.ndarray) -> Image.Image:
 
 
 COLOUR = {  # Pillow writes CMYK JPEGs as Photoshop does: inverted, with an Adobe marker
-    "CMYK JPEG, colour inks only": (lambda p: Image.fromarray(p).convert("RGB").convert("CMYK"), "jpg", "CMYK",
-                                    3 / 255),
+    "CMYK JPEG, colour inks only": (lambda p: Image.fromarray(p).convert("RGB").convert("CMYK"),
+                                    "jpg", "CMYK", 3 / 255),
     "CMYK JPEG, black ink only": (black_ink_only, "jpg", "CMYK", 3 / 255),
     "CMYK TIFF, mixed inks": (mixed_inks, "tif", "CMYK", 2 / 255),
     "palette PNG": (lambda p: Image.fromarray(p).convert("P"), "png", "P", 2 / 255),
@@ -102,7 +109,8 @@ def test_colour_modes_read_like_the_8_bit_photo(garment, tmp_path, name):
 
 
 def on_black_palette(photo: np.ndarray) -> Image.Image:
-    """A grey palette (putpalette turns "L" into "P") whose last entry, the background's, is black."""
+    """A grey palette (putpalette turns "L" into "P") whose last entry, the background's, is
+    black."""
     img = Image.fromarray(photo)
     img.putpalette([v for i in range(255) for v in (i, i, i)] + [0, 0, 0])
     return img
@@ -122,25 +130,31 @@ def rounded_corners(photo: np.ndarray) -> Image.Image:
     """A whole photo, opaque, but for its corners cut round (transparent, black beneath), as apps
     export pictures: the photo's own white background stays its background."""
     rows, cols = np.ogrid[:photo.shape[0], :photo.shape[1]]
-    near_y, near_x = np.minimum(rows, photo.shape[0] - 1 - rows), np.minimum(cols, photo.shape[1] - 1 - cols)
+    near_y, near_x = (np.minimum(rows, photo.shape[0] - 1 - rows),
+                      np.minimum(cols, photo.shape[1] - 1 - cols))
     outside = (near_y < 12) & (near_x < 12) & ((12 - near_y) ** 2 + (12 - near_x) ** 2 > 144)
     alpha = Image.fromarray(np.where(outside, 0, 255).astype(np.uint8))
-    return Image.merge("RGBA", [Image.fromarray(np.where(outside, 0, photo).astype(np.uint8))] * 3 + [alpha])
+    return Image.merge("RGBA", [Image.fromarray(np.where(outside, 0, photo).astype(np.uint8))] * 3
+                       + [alpha])
 
 
 # name: (the photo with a transparent background, file name, mode, what save() needs)
 TRANSPARENT = {
-    "grayscale with alpha (LA) PNG": (lambda p: Image.merge("LA", [Image.fromarray(hidden_black(p)), alpha_of(p)]),
-                                      "png", "LA", {}),
-    "RGBA PNG": (lambda p: Image.merge("RGBA", [Image.fromarray(hidden_black(p))] * 3 + [alpha_of(p)]),
-                 "png", "RGBA", {}),
+    "grayscale with alpha (LA) PNG": (
+        lambda p: Image.merge("LA", [Image.fromarray(hidden_black(p)), alpha_of(p)]),
+        "png", "LA", {}),
+    "RGBA PNG": (
+        lambda p: Image.merge("RGBA", [Image.fromarray(hidden_black(p))] * 3 + [alpha_of(p)]),
+        "png", "RGBA", {}),
     "palette PNG, transparent index": (on_black_palette, "png", "P", {"transparency": 255}),
-    "palette PNG, alpha per entry": (on_black_palette, "png", "P", {"transparency": b"\xff" * 255 + b"\x00"}),
+    "palette PNG, alpha per entry": (on_black_palette, "png", "P",
+                                     {"transparency": b"\xff" * 255 + b"\x00"}),
     "palette GIF, transparent index": (on_black_palette, "gif", "P", {"transparency": 255}),
-    "grayscale PNG, transparent grey": (lambda p: Image.fromarray(hidden_black(p)), "png", "L", {"transparency": 0}),
+    "grayscale PNG, transparent grey": (lambda p: Image.fromarray(hidden_black(p)), "png", "L",
+                                        {"transparency": 0}),
     "RGBA PNG, rounded corners": (rounded_corners, "png", "RGBA", {}),
-    "RGB PNG, transparent colour": (lambda p: Image.fromarray(hidden_black(p)).convert("RGB"), "png", "RGB",
-                                    {"transparency": (0, 0, 0)}),
+    "RGB PNG, transparent colour": (lambda p: Image.fromarray(hidden_black(p)).convert("RGB"),
+                                    "png", "RGB", {"transparency": (0, 0, 0)}),
 }
 
 
@@ -161,14 +175,16 @@ def test_a_white_garment_cut_out_shows_against_black(garment, tmp_path):
     image, photo, _ = garment
     shape = photo < 250
     light = np.where(shape, 255 - (255 - photo) // 12, 255).astype(np.uint8)  # 235-255: near white
-    Image.merge("LA", [Image.fromarray(light), Image.fromarray(np.uint8(shape) * 255)]).save(tmp_path / "white.png")
+    Image.merge("LA", [Image.fromarray(light),
+                       Image.fromarray(np.uint8(shape) * 255)]).save(tmp_path / "white.png")
     loaded = helpers.load_photo(tmp_path / "white.png")
     silhouette = (image > 0.05).float()
     assert np.corrcoef(loaded.flatten(), silhouette.flatten())[0, 1] > 0.85
     assert loaded[silhouette == 0].mean() < 0.1 and loaded[silhouette == 1].mean() > 0.6
 
 
-STORED = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,  # pixels as stored for each tag
+# pixels as stored for each tag
+STORED = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
           6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
 
 
@@ -184,15 +200,18 @@ def test_the_exif_orientation_tag_is_followed(garment, tmp_path, orientation, ki
         stored.save(path := tmp_path / "camera.jpg", exif=exif, quality=95)
         reads_like(path, reference, "L", 3 / 255)
     else:
-        Image.fromarray(np.asarray(stored).astype(np.uint16) * 257).save(path := tmp_path / "camera.png", exif=exif)
+        Image.fromarray(np.asarray(stored).astype(np.uint16) * 257).save(
+            path := tmp_path / "camera.png", exif=exif)
         reads_like(path, reference, "I;16")
 
 
 EMPTY = {
     "16-bit grey": (lambda: Image.fromarray(np.full((60, 80), 40000, np.uint16)), "png"),
-    "32-bit integer, bright": (lambda: Image.fromarray(np.full((60, 80), 3 << 28, np.int32)), "tif"),
+    "32-bit integer, bright": (lambda: Image.fromarray(np.full((60, 80), 3 << 28, np.int32)),
+                               "tif"),
     "float grey": (lambda: Image.fromarray(np.full((60, 80), 0.5, np.float32)), "tif"),
-    "float, no values (NaN)": (lambda: Image.fromarray(np.full((60, 80), np.nan, np.float32)), "tif"),
+    "float, no values (NaN)": (lambda: Image.fromarray(np.full((60, 80), np.nan, np.float32)),
+                               "tif"),
     "CMYK": (lambda: Image.new("CMYK", (80, 60), (0, 0, 0, 30)), "jpg"),
     "1-bit white": (lambda: Image.new("1", (80, 60), 1), "png"),
     "RGBA, all transparent": (lambda: Image.new("RGBA", (80, 60), (0, 0, 0, 0)), "png"),
@@ -209,11 +228,13 @@ def test_a_picture_with_no_garment_gets_the_clear_error_in_every_mode(tmp_path, 
         helpers.load_photo(path)
 
 
-def test_bad_files_get_an_actionable_error_and_are_left_as_they_were(garment, tmp_path, monkeypatch):
+def test_bad_files_get_an_actionable_error_and_are_left_as_they_were(garment, tmp_path,
+                                                                     monkeypatch):
     _, photo, _ = garment
     Image.fromarray(photo.astype(np.uint16) * 257).save(tmp_path / "scan.tif")
     whole = (tmp_path / "scan.tif").read_bytes()
-    (tmp_path / "cut.tif").write_bytes(whole[: len(whole) // 2])  # an interrupted copy of a 16-bit scan
+    # an interrupted copy of a 16-bit scan
+    (tmp_path / "cut.tif").write_bytes(whole[: len(whole) // 2])
     with pytest.raises(ValueError, match="cut.tif is a damaged image .*save or download it again"):
         helpers.load_photo(tmp_path / "cut.tif")
     assert (tmp_path / "cut.tif").read_bytes() == whole[: len(whole) // 2]

@@ -37,7 +37,8 @@ def test_a_photo_under_uneven_light_keeps_a_black_background(small_sets, tmp_pat
     image, _ = test_set[0]
     even = Image.open(as_photo(image, tmp_path / "even.png", mode="L"))
     shade = np.linspace(1.0, 0.75, even.width)[None, :]  # the right side a quarter darker
-    Image.fromarray(np.uint8(np.asarray(even, dtype=np.float32) * shade)).save(tmp_path / "uneven.png")
+    Image.fromarray(np.uint8(np.asarray(even, dtype=np.float32) * shade)).save(
+        tmp_path / "uneven.png")
     loaded = helpers.load_photo(tmp_path / "uneven.png")
     assert np.corrcoef(loaded.flatten(), image.flatten())[0, 1] > 0.85
     assert loaded[image == 0].mean() < 0.05  # where the dataset's image is background, so is ours
@@ -51,21 +52,25 @@ def test_a_phone_photo_stored_sideways_is_turned_upright(small_sets, tmp_path):
     upright = Image.open(as_photo(image, tmp_path / "upright.png", mode="L"))
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
-    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.jpg", exif=exif, quality=95)
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.jpg", exif=exif,
+                                                      quality=95)
     loaded = helpers.load_photo(tmp_path / "sideways.jpg")
     assert np.corrcoef(loaded.flatten(), image.flatten())[0, 1] > 0.85
-    assert np.corrcoef(loaded.flatten(), image.rot90(1, (1, 2)).flatten())[0, 1] < 0.8  # not left sideways
+    # not left sideways
+    assert np.corrcoef(loaded.flatten(), image.rot90(1, (1, 2)).flatten())[0, 1] < 0.8
 
 
 def test_a_16_bit_grayscale_png_reads_like_its_8_bit_copy(small_sets, tmp_path):
-    """Scanners and image editors save 16-bit grayscale; Pillow's convert() would clip it to white."""
+    """Scanners and image editors save 16-bit grayscale; Pillow's convert() would clip it to
+    white."""
     _, _, test_set = small_sets
     image, _ = test_set[2]
     eight = Image.open(as_photo(image, tmp_path / "eight.png", mode="L"))
     sixteen = np.asarray(eight, dtype=np.uint16) * 257  # 0-255 -> 0-65535
     Image.fromarray(sixteen).save(tmp_path / "sixteen.png")
     assert Image.open(tmp_path / "sixteen.png").mode.startswith("I")
-    loaded_16, loaded_8 = helpers.load_photo(tmp_path / "sixteen.png"), helpers.load_photo(tmp_path / "eight.png")
+    loaded_16, loaded_8 = (helpers.load_photo(tmp_path / "sixteen.png"),
+                           helpers.load_photo(tmp_path / "eight.png"))
     assert torch.allclose(loaded_16, loaded_8, atol=1 / 255)
 
 
@@ -77,8 +82,9 @@ def test_transparent_png_and_light_on_dark_images(tmp_path):
     assert loaded[0, 14, 14] > 0.5 and loaded[0, 0, 14] < 0.05      # light garment, dark margins
     rgba.paste((170, 170, 170, 255), (50, 75, 150, 125))           # its left half a lighter grey
     rgba.save(tmp_path / "two-tone.png")
-    loaded = helpers.load_photo(tmp_path / "two-tone.png")          # transparency reads as a white
-    assert loaded[0, 14, 21] > loaded[0, 14, 7] + 0.3               # background: the darker half is brighter
+    # transparency reads as a white background: the darker half is brighter
+    loaded = helpers.load_photo(tmp_path / "two-tone.png")
+    assert loaded[0, 14, 21] > loaded[0, 14, 7] + 0.3
 
     dark = Image.new("L", (50, 90), 0)
     dark.paste(220, (10, 10, 40, 80))                              # already Fashion-MNIST style
@@ -127,7 +133,8 @@ def test_predict_all_matches_evaluate(small_sets, cpu):
 
 def resident_mb() -> float:
     """This process's resident memory now, in MB (Linux)."""
-    fields = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines()
+                  if ":" in line)
     return int(fields["VmRSS"].split()[0]) / 1024
 
 

@@ -1,5 +1,6 @@
 """The reference checkpoints shipped with the course reproduce their recorded test accuracy
-through the command line: `python helpers.py evaluate PATH ... --json` on the real 10,000 test images."""
+through the command line: `python helpers.py evaluate PATH ... --json` on the real 10,000 test
+images."""
 import json
 import subprocess
 import sys
@@ -10,9 +11,12 @@ from dataclasses import replace
 import helpers
 
 REFERENCES = sorted(helpers.REFERENCE.glob("*.pt"))
-ORIGINAL_NOTEBOOK_LAST = 0.923  # the original notebook's last checkpoint, after 42 epochs (COURSE.md)
-FIXED_LENGTH = ("original-fast.pt", "improved.pt")  # one-cycle recipes: the reference is the last epoch
-TARGETS = {"original-fast.pt": 0.930, "improved.pt": 0.945}  # issue 4: final-epoch test accuracy, no TTA
+# the original notebook's last checkpoint, after 42 epochs (COURSE.md)
+ORIGINAL_NOTEBOOK_LAST = 0.923
+# one-cycle recipes: the reference is the last epoch
+FIXED_LENGTH = ("original-fast.pt", "improved.pt")
+# issue 4: final-epoch test accuracy, no TTA
+TARGETS = {"original-fast.pt": 0.930, "improved.pt": 0.945}
 
 
 def test_every_network_has_its_references():
@@ -22,15 +26,17 @@ def test_every_network_has_its_references():
 @pytest.fixture(scope="module")
 def reports(data_root):
     """report(path): `evaluate --json` on the real test images, one run per network (data and torch
-    loaded once per run), started by the first test that needs it -- so no one test waits for all."""
+    loaded once per run), started by the first test that needs it -- so no one test waits for
+    all."""
     done: dict[str, dict] = {}
     network = {str(p): helpers.read_checkpoint(p)["model"] for p in REFERENCES}
 
     def report(path) -> dict:
         if str(path) not in done:
             group = [p for p in network if network[p] == network[str(path)]]
-            result = subprocess.run([sys.executable, str(helpers.REPO_ROOT / "helpers.py"), "evaluate", *group,
-                                     "--json", "--device", "cpu", "--data", str(data_root)],
+            result = subprocess.run([sys.executable, str(helpers.REPO_ROOT / "helpers.py"),
+                                     "evaluate", *group, "--json", "--device", "cpu",
+                                     "--data", str(data_root)],
                                     capture_output=True, text=True, timeout=600)
             assert result.returncode == 0, result.stderr
             lines = [json.loads(line) for line in result.stdout.splitlines()]
@@ -59,8 +65,10 @@ def test_fixed_length_references_are_the_last_epoch_of_their_recipe(name):
     payload = helpers.read_checkpoint(helpers.REFERENCE / name)
     recipe = name.removesuffix(".pt")
     # a final fit: the recipe chosen on validation, then trained on all 60,000 training images
-    saved = helpers.Recipe.from_dict(payload["settings"])  # recorded before recipes had names: 'unnamed'
-    assert replace(saved, name=recipe) == helpers.course_settings(smoke=False, recipe=recipe, final_fit=True)
+    # recorded before recipes had names: 'unnamed'
+    saved = helpers.Recipe.from_dict(payload["settings"])
+    assert replace(saved, name=recipe) == helpers.course_settings(smoke=False, recipe=recipe,
+                                                                  final_fit=True)
     assert payload["epoch"] == payload["settings"]["epochs"]
 
 

@@ -1,4 +1,5 @@
-"""TensorBoard: the events hold what fit() logged, a real server serves them, a real browser shows them."""
+"""TensorBoard: the events hold what fit() logged, a real server serves them, a real browser
+shows them."""
 import json
 import os
 import shutil
@@ -59,7 +60,8 @@ def test_plot_runs_draws_the_logged_curves(logged_run):
     runs, name, history = logged_run
     fig = helpers.plot_runs(runs / name)
     lines = fig.axes[2].get_lines()
-    assert [round(y, 6) for y in lines[0].get_ydata()] == [round(a, 6) for a in history.valid_accuracy]
+    assert ([round(y, 6) for y in lines[0].get_ydata()]
+            == [round(a, 6) for a in history.valid_accuracy])
 
 
 def free_port() -> int:
@@ -92,7 +94,8 @@ def tensorboard_server(logged_run):
             except OSError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"TensorBoard did not serve the run: {server.stderr.read() if server.poll() is not None else 'timeout'}")
+                pytest.fail("TensorBoard did not serve the run: "
+                            f"{server.stderr.read() if server.poll() is not None else 'timeout'}")
             time.sleep(0.5)
         yield base, name
     finally:
@@ -121,7 +124,8 @@ def chromium() -> str:
 
 
 def test_browser_renders_the_scalar_dashboard(tensorboard_server, tmp_path):
-    """Debian's Chromium, driven by Playwright (its selectors see inside TensorBoard's shadow DOM)."""
+    """Debian's Chromium, driven by Playwright (its selectors see inside TensorBoard's shadow
+    DOM)."""
     from playwright.sync_api import sync_playwright
     base, name = tensorboard_server
     screenshot = tmp_path / "tensorboard-scalars.png"
@@ -144,4 +148,5 @@ def test_browser_renders_the_scalar_dashboard(tensorboard_server, tmp_path):
     image = Image.open(screenshot).convert("L")
     assert image.size == (1280, 900)
     lo, hi = image.getextrema()
-    assert hi - lo > 100 and len(image.getcolors(maxcolors=1 << 16) or []) > 20, "the page rendered blank"
+    assert hi - lo > 100 and len(image.getcolors(maxcolors=1 << 16) or []) > 20, \
+        "the page rendered blank"

@@ -14,7 +14,8 @@ IMAGES = REPO_ROOT / "images"
 
 
 def make_sprite(path: Path = IMAGES / "fashion-mnist-sprite.png", per_class: int = 16) -> Path:
-    """A grid of real test images: one row per class, labelled (shown at the top of the notebooks)."""
+    """A grid of real test images: one row per class, labelled (shown at the top of the
+    notebooks)."""
     import matplotlib
     matplotlib.use("agg")  # draw to files, never to a window
     import matplotlib.pyplot as plt
@@ -37,16 +38,21 @@ def make_sprite(path: Path = IMAGES / "fashion-mnist-sprite.png", per_class: int
 
 
 def make_sample_photo(path: Path = IMAGES / "sample-photo.jpg", index: int = 0) -> Path:
-    """A photo-like JPEG for stage 7 (no real photo is needed offline): a real test image, enlarged,
-    as a dark-blue garment on a light, uneven, noisy background, off-centre, like a phone picture."""
+    """A photo-like JPEG for stage 7 (no real photo is needed offline): a real test image,
+    enlarged, as a dark-blue garment on a light, uneven, noisy background, off-centre, like a
+    phone picture."""
     from PIL import Image, ImageFilter
     test = datasets.FashionMNIST(helpers.prepare_data(), train=False, download=False)
-    garment = Image.fromarray(test.data[index].numpy()).resize((336, 336), Image.Resampling.BICUBIC)
-    ink = np.asarray(garment.filter(ImageFilter.GaussianBlur(1.5)), dtype=np.float32)[..., None] / 255
+    garment = Image.fromarray(test.data[index].numpy()).resize((336, 336),
+                                                               Image.Resampling.BICUBIC)
+    ink = (np.asarray(garment.filter(ImageFilter.GaussianBlur(1.5)), dtype=np.float32)[..., None]
+           / 255)
     height, width = 480, 640
     rng = np.random.default_rng(0)
-    shade = np.linspace(0.95, 0.80, width)[None, :, None] * np.linspace(1.0, 0.92, height)[:, None, None]
-    background = np.clip(shade * np.array([236, 230, 222]) + rng.normal(0, 4, (height, width, 3)), 0, 255)
+    shade = (np.linspace(0.95, 0.80, width)[None, :, None]
+             * np.linspace(1.0, 0.92, height)[:, None, None])
+    background = np.clip(shade * np.array([236, 230, 222]) + rng.normal(0, 4, (height, width, 3)),
+                         0, 255)
     top, left = 70, 190
     window = background[top:top + 336, left:left + 336]
     background[top:top + 336, left:left + 336] = (1 - ink) * window + ink * np.array([38, 52, 96])
@@ -55,7 +61,8 @@ def make_sample_photo(path: Path = IMAGES / "sample-photo.jpg", index: int = 0) 
 
 
 def make_architecture_diagram(path: Path = IMAGES / "architecture.png") -> Path:
-    """The original CNN as boxes with output shapes and parameter counts, computed from the model."""
+    """The original CNN as boxes with output shapes and parameter counts, computed from the
+    model."""
     import matplotlib
     matplotlib.use("agg")
     import matplotlib.pyplot as plt
@@ -67,21 +74,27 @@ def make_architecture_diagram(path: Path = IMAGES / "architecture.png") -> Path:
 
     boxes = [
         ("input", "1 x 28 x 28", "image", 0, "#dddddd"),
-        ("conv_block1", "32 x 14 x 14", "Conv 3x3 (32)\nBatchNorm\nReLU\nMaxPool 2", params(model.conv_block1), "#9ecae1"),
-        ("conv_block2", "64 x 7 x 7", "Conv 3x3 (64)\nBatchNorm\nDropout 0.2\nReLU\nMaxPool 2", params(model.conv_block2), "#6baed6"),
-        ("conv_block3", "128 x 3 x 3", "Conv 3x3 (128)\nBatchNorm\nDropout 0.4\nReLU\nMaxPool 2", params(model.conv_block3), "#4292c6"),
+        ("conv_block1", "32 x 14 x 14", "Conv 3x3 (32)\nBatchNorm\nReLU\nMaxPool 2",
+         params(model.conv_block1), "#9ecae1"),
+        ("conv_block2", "64 x 7 x 7", "Conv 3x3 (64)\nBatchNorm\nDropout 0.2\nReLU\nMaxPool 2",
+         params(model.conv_block2), "#6baed6"),
+        ("conv_block3", "128 x 3 x 3", "Conv 3x3 (128)\nBatchNorm\nDropout 0.4\nReLU\nMaxPool 2",
+         params(model.conv_block3), "#4292c6"),
         ("flatten", "1152", "x.flatten(1)", 0, "#dddddd"),
-        ("linear1, batch_norm", "128", "Linear 1152->128\nBatchNorm1d\nDropout 0.5\nReLU", params(model.linear1, model.batch_norm), "#fdae6b"),
+        ("linear1, batch_norm", "128", "Linear 1152->128\nBatchNorm1d\nDropout 0.5\nReLU",
+         params(model.linear1, model.batch_norm), "#fdae6b"),
         ("linear2", "10 logits", "Linear 128->10", params(model.linear2), "#e6550d"),
     ]
     fig, ax = plt.subplots(figsize=(15, 4.2))
     width, gap = 1.75, 0.45
     for i, (name, shape, body, count, colour) in enumerate(boxes):
         x = i * (width + gap)
-        ax.add_patch(FancyBboxPatch((x, 0.2), width, 2.6, boxstyle="round,pad=0.05", fc=colour, ec="black"))
+        ax.add_patch(FancyBboxPatch((x, 0.2), width, 2.6, boxstyle="round,pad=0.05", fc=colour,
+                                    ec="black"))
         ax.text(x + width / 2, 2.55, name, ha="center", va="center", fontsize=9, weight="bold")
         ax.text(x + width / 2, 1.55, body, ha="center", va="center", fontsize=9)
-        ax.text(x + width / 2, 0.45, f"{count:,} params" if count else "no params", ha="center", fontsize=8.5)
+        ax.text(x + width / 2, 0.45, f"{count:,} params" if count else "no params", ha="center",
+                fontsize=8.5)
         ax.text(x + width / 2, 3.1, shape, ha="center", fontsize=10, color="#333333")
         if i:
             ax.annotate("", xy=(x - 0.03, 1.5), xytext=(x - gap + 0.03, 1.5),

@@ -18,15 +18,20 @@ from pathlib import Path
 from ..basics import REPO_ROOT
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
-SOLUTIONS = NOTEBOOKS / "solutions"  # worked answers to each stage's "Try this", one notebook per stage
-ADDRESS_FILE = Path(__file__).with_name("course_address.json")  # the one place the address is written
+# worked answers to each stage's "Try this", one notebook per stage
+SOLUTIONS = NOTEBOOKS / "solutions"
+# the one place the address is written
+ADDRESS_FILE = Path(__file__).with_name("course_address.json")
 ADDRESS = json.loads(ADDRESS_FILE.read_text())  # {"repository": "https://...", "version": "v1.0"}
 ARCHIVE_NAME = "fashion-mnist-cnn.zip"  # for a class without a public repository (`archive`)
 NAME_PATTERN = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
 
 
 def setup_cell(repository: str, version: str) -> str:
-    """The first code cell of every notebook: helpers.py importable in Colab and in Jupyter alike."""
+    """The first code cell of every notebook: helpers.py importable in Colab and in Jupyter
+    alike."""
+    # Long lines allowed (the noqa at the template's end): the setup cell is copied into every
+    # committed notebook, so it is rewrapped only together with them.
     return f'''\
 # Setup: make the course's helpers.py importable, in Colab and in Jupyter alike.
 import os, shutil, subprocess, sys, time, zipfile
@@ -67,20 +72,23 @@ if find_course_root() is None and "google.colab" in sys.modules:
 COURSE_ROOT = find_course_root()
 if COURSE_ROOT is None:
     raise RuntimeError("helpers.py not found: open this notebook from the course's notebooks/ folder")
-sys.path.insert(0, str(COURSE_ROOT))'''
+sys.path.insert(0, str(COURSE_ROOT))'''  # noqa: E501
 
 
 SETUP_CELL = setup_cell(ADDRESS["repository"], ADDRESS["version"])
 
 
-def colab_url(notebook: Path, repository: str = ADDRESS["repository"], version: str = ADDRESS["version"]) -> str:
+def colab_url(notebook: Path, repository: str = ADDRESS["repository"],
+              version: str = ADDRESS["version"]) -> str:
     """The Open-in-Colab address of a notebook of the course repository on GitHub, at a version."""
     github_path = repository.removeprefix("https://github.com/").removesuffix(".git")
     folder = "notebooks/solutions" if notebook.parent.name == "solutions" else "notebooks"
-    return f"https://colab.research.google.com/github/{github_path}/blob/{version}/{folder}/{notebook.name}"
+    return (f"https://colab.research.google.com/github/{github_path}/blob/{version}/"
+            f"{folder}/{notebook.name}")
 
 
-def badge(notebook: Path, repository: str = ADDRESS["repository"], version: str = ADDRESS["version"]) -> str:
+def badge(notebook: Path, repository: str = ADDRESS["repository"],
+          version: str = ADDRESS["version"]) -> str:
     """The markdown line with the Open-in-Colab badge."""
     return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
             f"({colab_url(notebook, repository, version)})")
@@ -114,45 +122,59 @@ def source(cell: dict) -> str:
     return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
 
 
-def sync(path: Path, repository: str = ADDRESS["repository"], version: str = ADDRESS["version"]) -> bool:
-    """Stamp the badge and setup cell of a published address into one notebook; True if it changed."""
+def sync(path: Path, repository: str = ADDRESS["repository"],
+         version: str = ADDRESS["version"]) -> bool:
+    """Stamp the badge and setup cell of a published address into one notebook; True if it
+    changed."""
     nb = json.loads(path.read_text())
     title_cell, setup = nb["cells"][0], nb["cells"][1]
     lines = [line for line in source(title_cell).splitlines() if "colab-badge.svg" not in line]
     while len(lines) > 1 and not lines[1].strip():
         del lines[1]
-    ending = "\n" if source(title_cell).endswith("\n") else ""  # splitlines() drops it: keep the cell as it was
-    new_title = "\n".join([lines[0], "", badge(path, repository, version), "", *lines[1:]]) + ending  # badge under the title
+    # splitlines() drops it: keep the cell as it was
+    ending = "\n" if source(title_cell).endswith("\n") else ""
+    # badge under the title
+    new_title = ("\n".join([lines[0], "", badge(path, repository, version), "", *lines[1:]])
+                 + ending)
     new_setup = setup_cell(repository, version)
     changed = source(title_cell) != new_title or source(setup) != new_setup
-    title_cell["source"], setup["source"] = new_title.splitlines(True), new_setup.splitlines(True)  # as Jupyter stores it
+    # as Jupyter stores it
+    title_cell["source"], setup["source"] = new_title.splitlines(True), new_setup.splitlines(True)
     if changed:
         path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     return changed
 
 
 def publish(repository: str, version: str, paths: list[Path]) -> list[Path]:
-    """Record where the course is published (course_address.json) and stamp it into the notebooks."""
+    """Record where the course is published (course_address.json) and stamp it into the
+    notebooks."""
     if not re.match(r"^(https://|git@|file://)", repository):
-        raise ValueError(f"{repository!r} is not a repository address: give https://github.com/OWNER/NAME")
+        raise ValueError(f"{repository!r} is not a repository address: "
+                         f"give https://github.com/OWNER/NAME")
     if version in ("main", "master", "HEAD"):
-        raise ValueError(f"{version!r} is a moving branch: give a tag (e.g. v1.0) or a commit, so that "
-                         "a notebook opened next term runs the helpers its outputs were made with")
-    ADDRESS_FILE.write_text(json.dumps({"repository": repository, "version": version}, indent=1) + "\n")
+        raise ValueError(f"{version!r} is a moving branch: give a tag (e.g. v1.0) or a commit, "
+                         "so that a notebook opened next term runs the helpers its outputs were "
+                         "made with")
+    ADDRESS_FILE.write_text(json.dumps({"repository": repository, "version": version}, indent=1)
+                            + "\n")
     return [path for path in paths if sync(path, repository, version)]
 
 
 def build_archive(output: Path) -> Path:
-    """The committed course as fashion-mnist-cnn.zip (what git holds at HEAD), for Colab without git access."""
-    made = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", "--format=zip", "--prefix=fashion-mnist-cnn/",
-                           "--output", str(output.resolve()), "HEAD"], capture_output=True, text=True)
+    """The committed course as fashion-mnist-cnn.zip (what git holds at HEAD), for Colab without
+    git access."""
+    made = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", "--format=zip",
+                           "--prefix=fashion-mnist-cnn/", "--output", str(output.resolve()),
+                           "HEAD"], capture_output=True, text=True)
     if made.returncode != 0:
-        raise ValueError(f"no archive: {made.stderr.strip()} (archive packs what git holds at HEAD in a checkout)")
+        raise ValueError(f"no archive: {made.stderr.strip()} "
+                         f"(archive packs what git holds at HEAD in a checkout)")
     return output
 
 
 ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])(/(home|root|work|tmp|Users|content/drive)/|[A-Z]:\\\\)")
-DRIVE_MOUNT = '"/content/drive'  # Colab's Google Drive mount point: fine in code, never in an output
+# Colab's Google Drive mount point: fine in code, never in an output
+DRIVE_MOUNT = '"/content/drive'
 
 
 def lint(path: Path) -> list[str]:
@@ -176,8 +198,9 @@ def lint(path: Path) -> list[str]:
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 problems.append(f"cell {i} holds an error output")
-        text = source(cell).replace(DRIVE_MOUNT, '"') + json.dumps([o for o in cell.get("outputs", []) if "text" in o or "data" in o
-                                          and "text/plain" in o["data"]])
+        text = (source(cell).replace(DRIVE_MOUNT, '"')
+                + json.dumps([o for o in cell.get("outputs", [])
+                              if "text" in o or "data" in o and "text/plain" in o["data"]]))
         if ABSOLUTE_PATH.search(text.replace(ADDRESS["repository"], "")):
             problems.append(f"cell {i} holds an absolute local path")
     return problems
@@ -189,18 +212,21 @@ def execute(paths: list[Path]) -> None:
     # %tensorboard looks for the `tensorboard` program on PATH: the one beside this Python
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["TQDM_DISABLE"] = "1"  # stored outputs hold the epoch lines, not progress bars
-    env["FMNIST_STORING_OUTPUTS"] = "1"  # no live TensorBoard frame: stored, it is a blank box on GitHub
+    # no live TensorBoard frame: stored, it is a blank box on GitHub
+    env["FMNIST_STORING_OUTPUTS"] = "1"
     for path in paths:
         print(f"executing {path.name} ...", flush=True)
         try:
-            subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
-                            "--inplace", "--ExecutePreprocessor.timeout=-1", str(path)], check=True, env=env)
+            subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook",
+                            "--execute", "--inplace", "--ExecutePreprocessor.timeout=-1",
+                            str(path)], check=True, env=env)
         finally:
             stop_tensorboard_servers()
 
 
 def stop_tensorboard_servers() -> None:
-    """Stop the TensorBoard servers a notebook's %tensorboard cell started (they outlive the kernel)."""
+    """Stop the TensorBoard servers a notebook's %tensorboard cell started (they outlive the
+    kernel)."""
     from tensorboard import manager
     runs = str(REPO_ROOT / "runs")
     for info in manager.get_all():
