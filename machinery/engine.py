@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, Subset
 
 import helpers
 from helpers import EarlyStopping, History, current_lr
+from .basics import CourseError
 from .fast_path import DeviceLoader, compile_model, make_scaler, mixed_precision
 from .recipes import Recipe
 from .resume import interrupted_note, restore_training, training_state
@@ -151,6 +152,11 @@ def run_epochs(model: nn.Module, train_loader, valid_loader, recipe: Recipe,
     if resume is not None:  # weights, optimizer, schedule, early stopping, history, generators
         vars(history).update(restore_training(resume, recipe.model, model, optimizer, schedule,
                                               early_stopping, train_loader, device, scaler, log))
+        planned = getattr(schedule, "total_steps", None)  # one-cycle: fixed to its run's length
+        if planned is not None and planned != recipe.epochs * len(train_loader):
+            raise CourseError(f"{resume} is a one-cycle run of {planned // len(train_loader)} "
+                              f"epochs: its schedule ends there and cannot be stretched to "
+                              f"{recipe.epochs}; train a new run with more epochs instead")
     last_epoch = history.epochs if history.stopped_early else recipe.epochs
     for epoch in range(history.epochs + 1, last_epoch + 1):
         try:

@@ -3,6 +3,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -183,3 +184,16 @@ def test_resuming_a_run_that_stopped_early_trains_no_more(small_sets, small_sett
     assert lines == [f"resumed from {tmp_path / 'last.pt'} after epoch 10: "
                      f"that run had already stopped early, "
                      f"nothing left to do"]
+
+
+def test_a_one_cycle_run_refuses_to_be_resumed_for_more_epochs(small_sets, tmp_path):
+    """One-cycle plans its whole length up front: stretching it on resume would crash mid-run
+    (PyTorch: 'Tried to step 3 times'), so the runner says so before training."""
+    train_set, valid_set, _ = small_sets
+    recipe = helpers.course_settings(smoke=True, recipe="original-fast", epochs=1, batch_size=128)
+    sets = helpers.first(train_set, 256), helpers.first(valid_set, 128)
+    run = dict(run_dir=tmp_path / "run", last_path=tmp_path / "last.pt", log=lambda line: None)
+    engine.train_run(recipe, *sets, torch.device("cpu"), **run)
+    with pytest.raises(helpers.CourseError, match="one-cycle run of 1 epochs: its schedule ends"):
+        engine.train_run(replace(recipe, epochs=2), *sets, torch.device("cpu"),
+                         resume=tmp_path / "last.pt", **run)
