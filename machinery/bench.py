@@ -77,43 +77,43 @@ def bench(images: int = 8192, rounds: int = 3, compiled: bool | None = None) -> 
     return report
 
 
-def seeded_run(settings, train_set, test_set, device) -> tuple:
+def seeded_run(recipe, train_set, test_set, device) -> tuple:
     """A recipe's seeded start: train and test loaders, a fresh network, optimizer, scheduler,
     loss."""
-    generator = helpers.seed_everything(settings.seed)
-    train_loader = make_train_loader(settings, train_set, generator, device)
-    test_loader = make_eval_loader(settings, test_set, device)
-    return (train_loader, test_loader, *make_training(settings, device, len(train_loader)))
+    generator = helpers.seed_everything(recipe.seed)
+    train_loader = make_train_loader(recipe, train_set, generator, device)
+    test_loader = make_eval_loader(recipe, test_set, device)
+    return (train_loader, test_loader, *make_training(recipe, device, len(train_loader)))
 
 
-def time_to_accuracy(settings, train_set, test_set, device, target: float = 0.93) -> dict:
+def time_to_accuracy(recipe, train_set, test_set, device, target: float = 0.93) -> dict:
     """Wall time of a recipe until its test accuracy, checked after every epoch, first reaches
     `target`.
 
     The clock includes the per-epoch test evaluations (you must look to know you are there) and
     starts after one untimed warm-up step, which pays for CUDA's and cuDNN's start-up.
     """
-    train_loader, test_loader, model, optimizer, _, loss_fn = seeded_run(settings, train_set,
+    train_loader, test_loader, model, optimizer, _, loss_fn = seeded_run(recipe, train_set,
                                                                           test_set, device)
     precision = mixed_precision(device)
-    warm_up = helpers.build_model(settings.model).to(device, memory_format=torch.channels_last)
-    batch = (torch.rand(settings.batch_size, 1, 28, 28, device=device),
-             torch.randint(0, 10, (settings.batch_size,), device=device))  # no seeded draws
+    warm_up = helpers.build_model(recipe.model).to(device, memory_format=torch.channels_last)
+    batch = (torch.rand(recipe.batch_size, 1, 28, 28, device=device),
+             torch.randint(0, 10, (recipe.batch_size,), device=device))  # no seeded draws
     still = torch.optim.SGD(warm_up.parameters(), lr=0.0)
     helpers.train_one_epoch(*with_precision(warm_up, still, device, precision)[:1], [batch],
                             loss_fn, still, device)
     trained, stepper = with_precision(model, optimizer, device, precision)  # one scaler per run
     start = time.perf_counter()
     accuracy = 0.0
-    for epoch in range(1, settings.epochs + 1):
+    for epoch in range(1, recipe.epochs + 1):
         helpers.train_one_epoch(trained, train_loader, loss_fn, stepper, device)
         _, accuracy = helpers.evaluate(model, test_loader, torch.nn.CrossEntropyLoss(), device)
         if accuracy >= target:
             break
     return {"target": target, "reached": accuracy >= target, "epochs": epoch,
             "test_accuracy": round(accuracy, 4),
-            "seconds": round(time.perf_counter() - start, 2), "model": settings.model,
-            "recipe": settings.name}
+            "seconds": round(time.perf_counter() - start, 2), "model": recipe.model,
+            "recipe": recipe.name}
 
 
 

@@ -89,12 +89,12 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
 )}
 
 
-def smoke_sized(settings: Recipe, smoke: bool | None = None) -> Recipe:
+def smoke_sized(recipe: Recipe, smoke: bool | None = None) -> Recipe:
     """The recipe; in smoke mode (smoke=None: as FMNIST_SMOKE says) a few thousand images and two
     epochs."""
     if smoke_mode() if smoke is None else smoke:
-        settings = replace(settings, epochs=2, train_size=4000, valid_size=1000, test_size=1000)
-    return settings
+        recipe = replace(recipe, epochs=2, train_size=4000, valid_size=1000, test_size=1000)
+    return recipe
 
 
 def course_settings(smoke: bool | None = None, recipe: str = "original", **overrides) -> Recipe:

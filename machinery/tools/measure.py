@@ -40,10 +40,10 @@ def load_check(calls: int = 5000, evaluations: int = 5) -> dict:
     return report
 
 
-def short_run(settings, precision, train_set, test_set, device, epochs: int = 2) -> dict:
+def short_run(recipe, precision, train_set, test_set, device, epochs: int = 2) -> dict:
     """A few epochs of a recipe at a forced precision: last training loss, test accuracy,
     seconds."""
-    train_loader, test_loader, model, optimizer, _, loss_fn = seeded_run(settings, train_set,
+    train_loader, test_loader, model, optimizer, _, loss_fn = seeded_run(recipe, train_set,
                                                                          test_set, device)
     trained, stepper = with_precision(model, optimizer, device, precision)  # one scaler per run
     start = time.perf_counter()
@@ -51,7 +51,7 @@ def short_run(settings, precision, train_set, test_set, device, epochs: int = 2)
         loss = helpers.train_one_epoch(trained, train_loader, loss_fn, stepper, device)
     seconds = time.perf_counter() - start
     accuracy = helpers.evaluate(model, test_loader, torch.nn.CrossEntropyLoss(), device)[1]
-    return {"label": f"{settings.model}, {epochs} of {settings.epochs} epochs, {precision}",
+    return {"label": f"{recipe.model}, {epochs} of {recipe.epochs} epochs, {precision}",
             "train_loss": round(loss, 4), "test_accuracy": round(accuracy, 4),
             "seconds": round(seconds, 2)}
 
@@ -69,13 +69,13 @@ def sprint():
     improved = helpers.course_settings(smoke=False, recipe="improved")
     for precision in (torch.float16, torch.bfloat16, None):
         yield short_run(improved, precision, train_set, test_set, device)
-    for label, settings in [("improved, 12-epoch one-cycle", replace(improved, epochs=12)),
-                            ("improved, compiled (cold)", replace(improved, compile=True)),
-                            ("improved, 12-epoch one-cycle, compiled (warm cache)",
-                             replace(improved, epochs=12, compile=True)),
-                            ("improved, 8-epoch one-cycle, compiled (warm cache)",
-                             replace(improved, epochs=8, compile=True))]:
+    for label, recipe in [("improved, 12-epoch one-cycle", replace(improved, epochs=12)),
+                          ("improved, compiled (cold)", replace(improved, compile=True)),
+                          ("improved, 12-epoch one-cycle, compiled (warm cache)",
+                           replace(improved, epochs=12, compile=True)),
+                          ("improved, 8-epoch one-cycle, compiled (warm cache)",
+                           replace(improved, epochs=8, compile=True))]:
         start = time.perf_counter()
-        result = time_to_accuracy(settings, train_set, test_set, device)
+        result = time_to_accuracy(recipe, train_set, test_set, device)
         yield dict(label=label, **result, call_seconds=round(time.perf_counter() - start, 1))
 

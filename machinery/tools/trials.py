@@ -67,11 +67,11 @@ def trial(recipe: str, overrides: dict, smoke: bool | None = None, out: Path | N
                          "them: choose the recipe with trials, then train it with "
                          "python helpers.py train --final-fit")
     name = "-".join(["trial", recipe, *(f"{key}{value}" for key, value in overrides.items())])
-    settings = dataclasses.replace(helpers.course_settings(smoke=smoke, recipe=recipe, **overrides),
-                                   name=name)
-    best_path, last_path = checkpoint_paths(settings, out or CHECKPOINTS, name)  # smoke: -smoke
-    train_set, valid_set, _ = engine.recipe_datasets(settings, helpers.DATA_ROOT)
-    _, history, minutes = engine.train_run(settings, train_set, valid_set, helpers.pick_device(),
+    variant = dataclasses.replace(helpers.course_settings(smoke=smoke, recipe=recipe, **overrides),
+                                  name=name)
+    best_path, last_path = checkpoint_paths(variant, out or CHECKPOINTS, name)  # smoke: -smoke
+    train_set, valid_set, _ = engine.recipe_datasets(variant, helpers.DATA_ROOT)
+    _, history, minutes = engine.train_run(variant, train_set, valid_set, helpers.pick_device(),
                                            run_dir=((out / "runs" if out else RUNS_ROOT)
                                                     / best_path.stem),
                                            best_path=best_path, last_path=last_path)
