@@ -61,10 +61,17 @@ def test_every_module_has_a_level():
     assert [m for m in MODULES if m not in LEVELS and not m.startswith("machinery.tools")] == []
 
 
-@pytest.mark.parametrize("module", sorted(MODULES))
-def test_modules_import_only_their_own_level_or_below(module):
-    above = {name: level(name) for name in GRAPH[module] if level(name) > level(module)}
-    assert not above, f"{module} (level {level(module)}) imports higher layers: {above}"
+def test_modules_import_only_their_own_level_or_below():
+    upward = {module: {name: level(name) for name in GRAPH[module] if level(name) > level(module)}
+              for module in sorted(MODULES)}
+    assert {module: names for module, names in upward.items() if names} == {}, \
+        "these modules import higher layers (module: {imported: its level})"
+
+
+def test_the_level_check_catches_an_upward_import(monkeypatch):
+    monkeypatch.setitem(GRAPH, "machinery.recipes", {"machinery.engine"})  # level 1 -> level 4
+    with pytest.raises(AssertionError, match="machinery.recipes"):
+        test_modules_import_only_their_own_level_or_below()
 
 
 def test_there_is_no_import_cycle():
