@@ -1,7 +1,8 @@
 """Exact resume: what a last checkpoint holds besides the weights, and putting it back.
 
-helpers.fit saves training_state() into every last checkpoint and calls restore_training() for
-fit(..., resume=path): the resumed run repeats the uninterrupted one exactly.
+The course's runner (machinery/engine.py) saves training_state() into every last checkpoint and
+calls restore_training() for train_run(..., resume=path): the resumed run repeats the
+uninterrupted one exactly.
 """
 from __future__ import annotations
 
@@ -90,7 +91,9 @@ def restore_training(path: Path | str, network: str, model, optimizer, scheduler
 
 def interrupted_note(epoch: int, last_path: Path | str | None) -> str:
     """What to tell a student who stopped a run during `epoch`."""
+    if epoch == 1:
+        return "interrupted during epoch 1: no epoch finished, so there is no checkpoint yet"
     note = f"interrupted during epoch {epoch}: the checkpoints of epoch {epoch - 1} are intact"
-    if last_path and epoch > 1:
-        note += f"; continue with fit(..., resume={str(last_path)!r})"
+    if last_path:
+        note += f"; continue with train_run(..., resume={str(last_path)!r})"
     return note

@@ -48,7 +48,9 @@ def test_ctrl_c_ends_the_run_cleanly_with_checkpoints_intact(small_sets, small_s
     _, history, lines = small_run(small_sets, small_settings, tmp_path, epochs=5,
                                   last_path=tmp_path / "last.pt", best_path=tmp_path / "best.pt")
     assert history.interrupted and history.epochs == 2
-    assert "interrupted during epoch 3" in lines[-1] and "resume=" in lines[-1]
+    assert "interrupted during epoch 3" in lines[-1]
+    assert lines[-1].endswith(f"continue with train_run(..., resume={str(tmp_path / 'last.pt')!r})")
+    assert resume.interrupted_note(1, tmp_path / "last.pt").endswith("there is no checkpoint yet")
     assert helpers.load_checkpoint(tmp_path / "last.pt")[1]["epoch"] == 2
     helpers.load_checkpoint(tmp_path / "best.pt")
 
