@@ -34,6 +34,8 @@ def test_split_sizes_and_test_set(data_root):
     assert 0.0 <= image.min() and image.max() <= 1.0 and 0 <= label <= 9
     assert set(train.indices).isdisjoint(valid.indices)
     assert sorted(train.indices + valid.indices) == list(range(60_000))
+    # roles: training and validation from the 60,000 training images, test from the other 10,000
+    assert train.dataset.train and valid.dataset.train and not test.train
 
 
 def test_split_is_the_same_for_everyone(data_root):

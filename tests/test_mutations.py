@@ -1,8 +1,11 @@
 """The named mutations of `python -m machinery.tools mutate` still fit the code they mutate."""
+import pytest
+
 from machinery.basics import REPO_ROOT
 from machinery.tools.mutations import MUTANTS
 
 
+@pytest.mark.reads_source
 def test_every_mutant_finds_its_line_once_and_names_existing_tests():
     stale = [m.name for m in MUTANTS if (REPO_ROOT / m.path).read_text().count(m.original) != 1
              or m.original == m.mutated

@@ -196,6 +196,7 @@ def test_setup_cell_says_in_one_line_what_to_do_when_the_course_cannot_be_fetche
     assert not any("Traceback" in line or "File " in line for line in output), output
 
 
+@pytest.mark.reads_source
 def test_setup_cell_in_colab_unpacks_the_course_archive(tmp_path):
     site, content = fake_colab(tmp_path)
     course_notebooks.build_archive(content / course_notebooks.ARCHIVE_NAME)  # what `archive` builds
@@ -304,6 +305,7 @@ def definitions(code: str, names: tuple[str, ...]) -> dict[str, str]:
     return found
 
 
+@pytest.mark.reads_source
 def test_notebook_6_writes_the_code_helpers_runs():
     """The loop a student writes in notebook 6 is the loop helpers.fit runs: same code, hints
     aside."""

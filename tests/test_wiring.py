@@ -1,0 +1,332 @@
+"""Wiring: every setting a recipe or a command-line flag declares reaches the object that uses it,
+and the training, validation and test images reach exactly their roles, in every entry point.
+
+Each test spies on what is built and handed over (the loaders train_one_epoch and evaluate
+receive, the optimizer, schedule, loss, early stopping, the paths), never on the recipe itself:
+a value read from the recipe and then dropped on the way would pass a test that reads the recipe.
+Training is cut to two batches per epoch: the wiring is under test here, not the learning.
+"""
+import inspect
+import itertools
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, RandomSampler
+
+import helpers
+from machinery import cli, engine
+from machinery.fast_path import DeviceLoader, dataset_tensors
+
+CPU = torch.device("cpu")
+
+
+class Spy:
+    """Wraps functions and methods: records each call's arguments by name, then calls through."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.monkeypatch = monkeypatch
+
+    def on(self, owner, name: str, through=None) -> list[dict]:
+        real = getattr(owner, name)
+        signature, calls = inspect.signature(real), []
+
+        def spy(*args, **kwargs):
+            calls.append(dict(signature.bind(*args, **kwargs).arguments))
+            return (through or real)(*args, **kwargs)
+
+        self.monkeypatch.setattr(owner, name, spy)
+        return calls
+
+
+class Wiring:
+    """What a training run handed to the pieces that use the settings."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        spy = Spy(monkeypatch)
+        real_train_one_epoch = helpers.train_one_epoch
+
+        def two_batches(model, loader, loss_fn, optimizer, device):
+            return real_train_one_epoch(model, itertools.islice(loader, 2), loss_fn, optimizer,
+                                        device)
+
+        self.seeds = spy.on(helpers, "seed_everything")
+        self.trains = spy.on(helpers, "train_one_epoch", through=two_batches)
+        self.evaluations = spy.on(helpers, "evaluate")
+        self.predictions = spy.on(helpers, "predict_all")
+        self.plateaus = spy.on(torch.optim.lr_scheduler.ReduceLROnPlateau, "__init__")
+        self.plateau_steps = spy.on(torch.optim.lr_scheduler.ReduceLROnPlateau, "step")
+        self.one_cycles = spy.on(torch.optim.lr_scheduler.OneCycleLR, "__init__")
+        self.stoppers = spy.on(helpers.EarlyStopping, "__init__")
+        self.stopper_steps = spy.on(helpers.EarlyStopping, "step")
+        self.runs = spy.on(engine, "train_run")
+        self.matrices = spy.on(engine, "plot_confusion_matrix")
+
+    @property
+    def train_loader(self):
+        loaders = {id(call["loader"]): call["loader"] for call in self.trains}
+        assert len(loaders) == 1, "every epoch trains on the same loader"
+        return next(iter(loaders.values()))
+
+
+@pytest.fixture
+def wiring(monkeypatch) -> Wiring:
+    return Wiring(monkeypatch)
+
+
+def images(data) -> torch.Tensor:
+    """The uint8 images a dataset, a DataLoader or a DeviceLoader holds, in order."""
+    loader = isinstance(data, (DataLoader, DeviceLoader))
+    return dataset_tensors(data.dataset if loader else data)[0]
+
+
+def role(data, sets: dict) -> str:
+    """Which of the named image sets `data` holds exactly; fails if none or several."""
+    held = images(data)
+    matches = [name for name, dataset in sets.items()
+               if images(dataset).shape == held.shape and torch.equal(images(dataset), held)]
+    assert len(matches) == 1, f"the images match {matches or 'none'} of {list(sets)}"
+    return matches[0]
+
+
+def shuffled(loader) -> bool:
+    if isinstance(loader, DeviceLoader):
+        return loader.shuffle
+    return isinstance(loader.sampler, RandomSampler)
+
+
+def augmented(loader) -> bool:
+    return isinstance(loader, DeviceLoader) and loader.augment
+
+
+# Two recipes with a distinctive value for every setting, none of them a default: one on the
+# original path (plateau schedule, early stopping, Adam), one on the fast path (one-cycle, AdamW,
+# augmentation, label smoothing).
+PLATEAU = dict(model="original", batch_size=24, lr=2e-3, optimizer="adam", weight_decay=1e-4,
+               lr_factor=0.3, lr_patience=2, stop_patience=3, seed=5, label_smoothing=0.05,
+               epochs=3)
+ONE_CYCLE = dict(model="improved", fast=True, batch_size=48, lr=3e-3, optimizer="adamw",
+                 weight_decay=0.02, schedule="onecycle", augment=True, label_smoothing=0.2,
+                 seed=7, epochs=2)
+
+
+@pytest.mark.parametrize("settings", [PLATEAU, ONE_CYCLE], ids=["plateau", "one-cycle"])
+def test_train_run_hands_every_setting_to_what_uses_it(settings, wiring, small_sets,
+                                                         small_settings, tmp_path):
+    recipe = replace(small_settings, name="wired", **settings)
+    train_set, valid_set, test_set = small_sets
+    model, history, _ = engine.train_run(recipe, train_set, valid_set, CPU,
+                                         run_dir=tmp_path / "run", log=lambda line: None)
+    assert type(model) is helpers.NETWORKS[recipe.model]
+
+    # seed: Python, NumPy and torch seeded with it, and its generator shuffles the training set
+    assert [call["seed"] for call in wiring.seeds] == [recipe.seed]
+    loader = wiring.train_loader
+    assert loader.generator is not None and loader.generator.initial_seed() == recipe.seed
+
+    # batch size, shuffling, augmentation, the path; one training pass per epoch
+    assert isinstance(loader, DeviceLoader if recipe.fast else DataLoader)
+    assert loader.batch_size == recipe.batch_size and shuffled(loader)
+    assert augmented(loader) == recipe.augment
+    assert len(wiring.trains) == history.epochs == recipe.epochs
+
+    # the network, optimizer and loss that train_one_epoch steps
+    call = wiring.trains[0]
+    assert call["model"] is model and call["device"] == CPU   # no mixed precision on a CPU
+    optimizer = call["optimizer"]
+    assert type(optimizer) is (torch.optim.AdamW if recipe.optimizer == "adamw"
+                               else torch.optim.Adam)
+    assert optimizer.param_groups[0]["weight_decay"] == recipe.weight_decay
+    assert optimizer.param_groups[0]["params"] == list(model.parameters())
+    loss_fn = call["loss_fn"]
+    assert isinstance(loss_fn, nn.CrossEntropyLoss)
+    assert loss_fn.label_smoothing == recipe.label_smoothing
+
+    # the schedule and early stopping, built with the recipe's values and fed the validation loss
+    valid_losses = history.valid_loss
+    if recipe.schedule == "plateau":
+        assert optimizer.defaults["lr"] == recipe.lr and not wiring.one_cycles
+        [plateau] = wiring.plateaus
+        assert plateau["optimizer"] is optimizer
+        assert (plateau["factor"], plateau["patience"]) == (recipe.lr_factor, recipe.lr_patience)
+        assert [step["metrics"] for step in wiring.plateau_steps] == valid_losses
+        [stopper] = wiring.stoppers
+        assert stopper["patience"] == recipe.stop_patience
+        assert [step["valid_loss"] for step in wiring.stopper_steps] == valid_losses
+    else:
+        assert not wiring.plateaus and not wiring.stoppers   # a fixed length: no early stop
+        [one_cycle] = wiring.one_cycles
+        assert one_cycle["optimizer"] is optimizer and one_cycle["max_lr"] == recipe.lr
+        assert (one_cycle["epochs"], one_cycle["steps_per_epoch"]) == (recipe.epochs, len(loader))
+
+    # data roles: training images train, validation images validate and make the summary's
+    # confusion matrix; the test images are never seen
+    sets = {"train": train_set, "valid": valid_set, "test": test_set}
+    assert role(loader, sets) == "train"
+    validations = [call["loader"] for call in wiring.evaluations]
+    assert len(validations) == recipe.epochs
+    for valid_loader in validations:
+        assert role(valid_loader, sets) == "valid"
+        assert not shuffled(valid_loader) and not augmented(valid_loader)
+        assert valid_loader.batch_size == 1000
+    assert [role(call["loader"], sets) for call in wiring.predictions] == ["valid"]
+    assert [call["loss_fn"] for call in wiring.evaluations] == [loss_fn] * recipe.epochs
+    # TensorBoard's confusion matrix: a row per true class, so its rows count the labels
+    [matrix] = [call["matrix"] for call in wiring.matrices]
+    labels = dataset_tensors(valid_set)[1]
+    assert torch.equal(matrix.sum(dim=1), torch.bincount(labels, minlength=10))
+
+
+@pytest.mark.parametrize("precision", [torch.bfloat16, torch.float16])
+def test_the_hardware_precision_reaches_the_training_step_on_the_fast_path_only(
+        precision, wiring, small_sets, small_settings, tmp_path, monkeypatch):
+    # a GPU's choice, forced: the CPU runs both types under autocast, slowly (two batches here)
+    monkeypatch.setattr(engine, "mixed_precision", lambda device: precision)
+    train_set, valid_set, _ = small_sets
+    for fast in (True, False):
+        recipe = replace(small_settings, name="precise", fast=fast, epochs=1, batch_size=32)
+        model, _, _ = engine.train_run(recipe, train_set, valid_set, CPU,
+                                       run_dir=tmp_path / f"run-{fast}", log=lambda line: None)
+        call = wiring.trains[-1]
+        if not fast:  # the original path never changes precision
+            assert call["model"] is model and isinstance(call["optimizer"], torch.optim.Adam)
+            continue
+        assert isinstance(call["model"], engine.MixedPrecision)
+        assert call["model"].model is model and call["model"].precision == precision
+        stepper = call["optimizer"]
+        if precision == torch.float16:  # fp16 steps through one enabled gradient scaler
+            assert isinstance(stepper, engine.ScaledOptimizer) and stepper.scaler.is_enabled()
+            assert call["model"].scaler is stepper.scaler
+            assert stepper.optimizer.param_groups[0]["params"] == list(model.parameters())
+        else:
+            assert isinstance(stepper, torch.optim.Adam)
+
+
+def run_cli(*args: str) -> int:
+    """`python helpers.py ARGS` in this process, so the spies see inside it."""
+    return cli.main([*args])
+
+
+def test_every_train_flag_reaches_the_run_and_each_set_its_role(wiring, data_root, tmp_path,
+                                                                  capsys):
+    out = tmp_path / "mine.pt"
+    assert run_cli("train", "--model", "original", "--batch-size", "40", "--epochs", "2",
+                   "--smoke", "--out", str(out), "--runs", str(tmp_path / "runs"),
+                   "--data", str(data_root), "--device", "cpu") == 0
+    [run] = wiring.runs
+    recipe = run["recipe"]
+    assert (recipe.name, recipe.batch_size, recipe.epochs) == ("original", 40, 2)
+    assert run["device"] == CPU
+    assert wiring.train_loader.batch_size == 40 and len(wiring.trains) == 2
+
+    # output paths: the best checkpoint where --out says, the last beside it, the run in --runs
+    assert run["best_path"] == out and run["last_path"] == tmp_path / "mine-last.pt"
+    assert helpers.load_checkpoint(out)[1]["epoch"] in (1, 2)
+    assert helpers.load_checkpoint(tmp_path / "mine-last.pt")[1]["epoch"] == 2
+    assert Path(run["run_dir"]).parent == tmp_path / "runs" and Path(run["run_dir"]).is_dir()
+
+    # data roles, by the images each piece received: the smoke sizes of the course split
+    train_set, valid_set, test_set = helpers.load_datasets(helpers.course_settings(smoke=True),
+                                                           data_root)
+    sets = {"train": train_set, "valid": valid_set, "test": test_set}
+    assert role(wiring.train_loader, sets) == "train"
+    roles = [role(call["loader"], sets) for call in wiring.evaluations]
+    assert roles == ["valid", "valid", "test", "test"]  # two epochs; the last and best on test
+    # the test figures are plain cross-entropy, whatever the recipe's smoothing
+    assert all(call["loss_fn"].label_smoothing == 0 for call in wiring.evaluations[2:])
+    assert [role(call["loader"], sets) for call in wiring.predictions] == ["valid"]
+    stdout = capsys.readouterr().out
+    assert "test accuracy on 1,000 images" in stdout
+
+
+def test_fast_and_compile_flags_reach_the_network_and_the_loaders(wiring, data_root, tmp_path,
+                                                                  monkeypatch):
+    compiled = []
+    monkeypatch.setattr(engine, "compile_model",
+                        lambda model, device: compiled.append((model, device)) or model)
+    assert run_cli("train", "--fast", "--compile", "--epochs", "1", "--smoke",
+                   "--out", str(tmp_path / "fast.pt"), "--runs", str(tmp_path / "runs"),
+                   "--data", str(data_root), "--device", "cpu") == 0
+    [run] = wiring.runs
+    assert run["recipe"].name == "original-fast" and run["recipe"].compile
+    [(model, device)] = compiled
+    assert wiring.trains[0]["model"] is model and device == CPU
+    loader = wiring.train_loader
+    assert isinstance(loader, DeviceLoader) and loader.batch_size == 128 and not loader.augment
+    assert all(isinstance(call["loader"], DeviceLoader) for call in wiring.evaluations)
+
+
+class Stop(Exception):
+    """Raised by a spy once it has seen what it needs: no training."""
+
+
+@pytest.mark.parametrize("flag, env, smoke", [
+    ([], None, False), (["--smoke"], None, True), ([], "1", True), ([], "0", False),
+    (["--smoke"], "0", True)])
+def test_smoke_mode_comes_from_the_flag_or_the_environment(flag, env, smoke, data_root,
+                                                           monkeypatch):
+    if env is None:
+        monkeypatch.delenv("FMNIST_SMOKE", raising=False)
+    else:
+        monkeypatch.setenv("FMNIST_SMOKE", env)
+    seen = []
+
+    def record(recipe, train_set, valid_set, device, **paths):
+        seen.append((recipe, len(train_set), len(valid_set), paths))
+        raise Stop
+
+    monkeypatch.setattr(engine, "train_run", record)
+    with pytest.raises(Stop):
+        run_cli("train", *flag, "--data", str(data_root), "--device", "cpu")
+    [(recipe, n_train, n_valid, paths)] = seen
+    assert (n_train, n_valid) == ((4000, 1000) if smoke else (50_000, 10_000))
+    assert recipe.epochs == (2 if smoke else 50)
+    # a smoke run never writes over a real run's checkpoint
+    assert paths["best_path"].name == ("original-smoke.pt" if smoke else "original.pt")
+
+
+def test_resume_carries_the_runs_settings_paths_and_tensorboard_folder(wiring, data_root,
+                                                                       tmp_path):
+    first = tmp_path / "first.pt"
+    common = ("--data", str(data_root), "--device", "cpu")
+    assert run_cli("train", "--batch-size", "40", "--epochs", "1", "--smoke", "--out", str(first),
+                   "--runs", str(tmp_path / "runs"), *common) == 0
+    last = tmp_path / "first-last.pt"
+    # resumed for one more epoch; another --runs or --batch-size would be ignored
+    assert run_cli("train", "--resume", str(last), "--epochs", "2",
+                   "--runs", str(tmp_path / "elsewhere"), *common) == 0
+    started, resumed = wiring.runs
+    assert Path(resumed["resume"]) == last
+    assert resumed["recipe"] == replace(started["recipe"], epochs=2)
+    assert resumed["best_path"] == first and resumed["last_path"] == last
+    assert resumed["run_dir"] == started["run_dir"]            # the same TensorBoard curves
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [Path(started["run_dir"]).name]
+    assert not (tmp_path / "elsewhere").exists()
+    # one epoch more, on a loader of the run's batch size
+    assert len(wiring.trains) == 2 and wiring.trains[1]["loader"].batch_size == 40
+    assert helpers.load_checkpoint(last)[1]["epoch"] == 2
+
+
+def test_fit_trains_on_its_first_loader_and_validates_on_its_second(wiring, small_sets):
+    train_set, valid_set, test_set = small_sets
+    model = helpers.build_model("original")
+    optimizer = helpers.make_optimizer(model, helpers.course_settings())
+    train_loader = helpers.make_loader(train_set, 32, shuffle=True)
+    valid_loader = helpers.make_loader(valid_set, 256)
+    helpers.fit(model, train_loader, valid_loader, nn.CrossEntropyLoss(), optimizer,
+                helpers.make_scheduler(optimizer, helpers.course_settings()), CPU, epochs=2,
+                log=lambda line: None)
+    sets = {"train": train_set, "valid": valid_set, "test": test_set}
+    assert [role(call["loader"], sets) for call in wiring.trains] == ["train", "train"]
+    assert [role(call["loader"], sets) for call in wiring.evaluations] == ["valid", "valid"]
+
+
+def test_evaluate_command_scores_checkpoints_on_the_whole_test_set(wiring, data_root, capsys):
+    assert run_cli("evaluate", str(helpers.REFERENCE / "original.pt"),
+                   "--data", str(data_root), "--device", "cpu") == 0
+    _, _, test_set = helpers.load_datasets(helpers.course_settings(smoke=False), data_root)
+    [call] = wiring.evaluations
+    assert torch.equal(images(call["loader"]), images(test_set))
+    assert "on 10,000 images" in capsys.readouterr().out
