@@ -15,7 +15,7 @@ def ruff() -> list[str]:
     return [str(beside)] if beside.is_file() else [shutil.which("ruff") or "ruff"]
 
 
-@pytest.mark.reads_source
+@pytest.mark.whole_checkout
 def test_the_python_passes_ruff():
     result = subprocess.run([*ruff(), "check", "--output-format", "concise", "."],
                             cwd=helpers.REPO_ROOT, capture_output=True, text=True, timeout=120)

@@ -5,7 +5,7 @@ from machinery.basics import REPO_ROOT
 from machinery.tools.mutations import MUTANTS
 
 
-@pytest.mark.reads_source
+@pytest.mark.whole_checkout
 def test_every_mutant_finds_its_line_once_and_names_existing_tests():
     stale = [m.name for m in MUTANTS if (REPO_ROOT / m.path).read_text().count(m.original) != 1
              or m.original == m.mutated

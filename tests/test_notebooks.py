@@ -159,6 +159,7 @@ def fake_colab(tmp_path: Path) -> tuple[list[Path], Path]:
     return [tmp_path / "site"], content
 
 
+@pytest.mark.whole_checkout
 @pytest.mark.parametrize("version", ["tag", "commit"])
 def test_setup_cell_in_colab_fetches_the_notebooks_version_offline(tmp_path, version):
     origin, tagged = course_origin(tmp_path)
@@ -196,7 +197,7 @@ def test_setup_cell_says_in_one_line_what_to_do_when_the_course_cannot_be_fetche
     assert not any("Traceback" in line or "File " in line for line in output), output
 
 
-@pytest.mark.reads_source
+@pytest.mark.whole_checkout
 def test_setup_cell_in_colab_unpacks_the_course_archive(tmp_path):
     site, content = fake_colab(tmp_path)
     course_notebooks.build_archive(content / course_notebooks.ARCHIVE_NAME)  # what `archive` builds
@@ -234,6 +235,7 @@ def test_the_course_is_published_at_a_fixed_version():
     assert course_notebooks.ADDRESS["version"] not in ("main", "master", "HEAD")
 
 
+@pytest.mark.whole_checkout
 def test_setup_cell_locally_finds_the_repository_root(tmp_path):
     for cwd in (helpers.REPO_ROOT / "notebooks", helpers.REPO_ROOT):
         result = run_setup_cell(cwd, {})
@@ -305,7 +307,7 @@ def definitions(code: str, names: tuple[str, ...]) -> dict[str, str]:
     return found
 
 
-@pytest.mark.reads_source
+@pytest.mark.whole_checkout
 def test_notebook_6_writes_the_code_helpers_runs():
     """The loop a student writes in notebook 6 is the loop helpers.fit runs: same code, hints
     aside."""
