@@ -2,6 +2,7 @@
 import gzip
 import hashlib
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -56,6 +57,11 @@ def test_a_final_fit_trains_on_the_validation_images_too(data_root):
     final, final_valid, _ = engine.recipe_datasets(final_recipe, data_root)
     assert len(final) == 60_000 and sorted(final.indices) == list(range(60_000))
     assert final.indices[:50_000] == train.indices and final_valid.indices == valid.indices
+    assert torch.equal(final[50_000][0], valid[0][0])  # the images themselves, not only indices
+    # a smaller validation report changes nothing of what a final fit learns from
+    final, small_valid, _ = engine.recipe_datasets(replace(final_recipe, valid_size=1000),
+                                                   data_root)
+    assert (len(final), len(small_valid)) == (60_000, 1_000)
     plain, _, _ = engine.recipe_datasets(helpers.course_settings(smoke=False), data_root)
     assert plain.indices == train.indices
 

@@ -9,10 +9,12 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from dataclasses import replace
 
 import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
 
 import helpers
@@ -41,17 +43,27 @@ def test_events_hold_one_value_per_epoch_for_each_tag(logged_run):
     assert scalars["accuracy/valid"][1] == pytest.approx(history.valid_accuracy, abs=1e-6)
     assert scalars["loss/train"][1] == pytest.approx(history.train_loss, rel=1e-6)
     assert scalars["hparam/best_valid_accuracy"][1] == pytest.approx([max(history.valid_accuracy)])
+    assert scalars["hparam/final_valid_loss"][1] == pytest.approx([history.valid_loss[-1]])
+    assert scalars["hparam/epochs"] == ([EPOCHS], [EPOCHS])
 
 
-def test_one_run_directory_with_layout_image_and_hparams(logged_run):
-    runs, name, _ = logged_run
+def test_one_run_directory_with_layout_image_and_hparams(logged_run, small_settings):
+    runs, name, history = logged_run
     assert [p.name for p in runs.iterdir()] == [name]  # no stray runs from add_scalars/add_hparams
     assert not [p for p in (runs / name).iterdir() if p.is_dir()]
     events = EventAccumulator(str(runs / name))
     events.Reload()
     tags = events.Tags()
     assert "valid/confusion_matrix" in tags["images"]
-    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+    # one matrix, at the last epoch: the slider in the Images tab shows which epoch it is
+    assert [image.step for image in events.Images("valid/confusion_matrix")] == [history.epochs]
+    # HParams: every setting the recipe sets, with its value
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+    recipe = replace(small_settings, epochs=EPOCHS).as_dict()
+    assert set(start.hparams) == {name for name, value in recipe.items() if value is not None}
+    assert start.hparams["batch_size"].number_value == recipe["batch_size"]
+    assert start.hparams["optimizer"].string_value == recipe["optimizer"]
     layout = events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
     assert b"loss/train" in layout and b"loss/valid" in layout  # one chart with both losses
 

@@ -10,11 +10,12 @@ import inspect
 import itertools
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler, Subset
 
 import helpers
 from machinery import cli, engine
@@ -114,12 +115,16 @@ ONE_CYCLE = dict(model="improved", fast=True, batch_size=48, lr=3e-3, optimizer=
 
 @pytest.mark.parametrize("settings", [PLATEAU, ONE_CYCLE], ids=["plateau", "one-cycle"])
 def test_train_run_hands_every_setting_to_what_uses_it(settings, wiring, small_sets,
-                                                         small_settings, tmp_path):
+                                                         small_settings, tmp_path, capsys):
     recipe = replace(small_settings, name="wired", **settings)
     train_set, valid_set, test_set = small_sets
+    lines = []
     model, history, _ = engine.train_run(recipe, train_set, valid_set, CPU,
-                                         run_dir=tmp_path / "run", log=lambda line: None)
+                                         run_dir=tmp_path / "run", log=lines.append)
     assert type(model) is helpers.NETWORKS[recipe.model]
+    # every line goes where `log` says (a notebook's cell, a log file), nothing to the terminal
+    assert lines[0].startswith("recipe wired:") and len(lines) > recipe.epochs
+    assert capsys.readouterr().out == ""
 
     # seed: Python, NumPy and torch seeded with it, and its generator shuffles the training set
     assert [call["seed"] for call in wiring.seeds] == [recipe.seed]
@@ -173,6 +178,7 @@ def test_train_run_hands_every_setting_to_what_uses_it(settings, wiring, small_s
         assert valid_loader.batch_size == 1000
     assert [role(call["loader"], sets) for call in wiring.predictions] == ["valid"]
     assert [call["loss_fn"] for call in wiring.evaluations] == [loss_fn] * recipe.epochs
+    assert {call["device"] for call in wiring.evaluations + wiring.predictions} == {CPU}
     # TensorBoard's confusion matrix: a row per true class, so its rows count the labels
     [matrix] = [call["matrix"] for call in wiring.matrices]
     labels = dataset_tensors(valid_set)[1]
@@ -285,6 +291,38 @@ def test_smoke_mode_comes_from_the_flag_or_the_environment(flag, env, smoke, dat
     assert recipe.epochs == (2 if smoke else 50)
     # a smoke run never writes over a real run's checkpoint
     assert paths["best_path"].name == ("original-smoke.pt" if smoke else "original.pt")
+
+
+def test_the_data_folder_flag_reaches_the_datasets(tmp_path, monkeypatch):
+    seen = []
+
+    def record(recipe, train_set, valid_set, device, **paths):
+        seen.append((train_set, valid_set))
+        raise Stop
+
+    monkeypatch.setattr(engine, "train_run", record)
+    elsewhere = tmp_path / "elsewhere"  # filled from the local copy, as a first run would
+    with pytest.raises(Stop):
+        run_cli("train", "--smoke", "--data", str(elsewhere), "--device", "cpu")
+    [(train_set, valid_set)] = seen
+    for subset in (train_set, valid_set):
+        while isinstance(subset, Subset):
+            subset = subset.dataset
+        assert Path(subset.root) == elsewhere
+
+
+def test_train_run_times_its_epochs_and_itself_by_the_clock(small_sets, small_settings,
+                                                             tmp_path, monkeypatch):
+    ticks = itertools.count(start=0, step=30)  # a clock that moves 30 s at every reading
+    monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    train_set, valid_set, _ = small_sets
+    recipe = replace(small_settings, epochs=2, train_size=64)
+    lines = []
+    _, history, minutes = engine.train_run(recipe, helpers.first(train_set, 64), valid_set, CPU,
+                                           run_dir=tmp_path / "run", log=lines.append)
+    # readings: the run's start, each epoch's start and end, the run's end
+    assert history.seconds == [30, 30] and minutes == 5 * 30 / 60
+    assert lines[1].endswith("30.0 s  (~0 min left)") and lines[2].endswith("(~0 min left)")
 
 
 def test_resume_carries_the_runs_settings_paths_and_tensorboard_folder(wiring, data_root,
