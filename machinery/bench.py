@@ -42,7 +42,7 @@ def bench(images: int = 8192, rounds: int = 3, compiled: bool | None = None) -> 
     subset = helpers.first(train_set, images)
     precision = mixed_precision(device)
     fast_batch = 1024 if device.type == "cuda" else 256
-    fast_loader = DeviceLoader(subset, fast_batch, shuffle=True, device=device, channels_last=True)
+    fast_loader = DeviceLoader(subset, fast_batch, shuffle=True, device=device)
     original, fast = [], []
     for round_ in range(rounds):
         torch.manual_seed(round_)

@@ -3,7 +3,7 @@
 It trains with helpers' own train_one_epoch and evaluate (notebook 6's code) and adds what long
 and fast runs need, each as a small wrapper rather than a second copy of the loop:
 - resume: a last checkpoint after every epoch holds everything the loop keeps (machinery/resume);
-- the fast path: data on the device, channels-last (machinery/fast_path);
+- the fast path: data on the device, weights in channels-last layout (machinery/fast_path);
 - mixed precision: MixedPrecision wraps the network, ScaledOptimizer the optimizer (fp16 only);
 - one-cycle: the schedule steps after every optimizer step, through the optimizer's own hook;
 - flip test-time augmentation: FlipTTA wraps the network for evaluation;
@@ -42,7 +42,7 @@ def make_train_loader(recipe: Recipe, train_set: Dataset, generator: torch.Gener
     """Shuffled training batches of the recipe's size: a DataLoader, or the fast path."""
     if recipe.fast:
         return DeviceLoader(train_set, recipe.batch_size, True, generator, device,
-                            augment=recipe.augment, channels_last=True)
+                            augment=recipe.augment)
     return helpers.make_loader(train_set, recipe.batch_size, shuffle=True, generator=generator,
                                device=device)
 
@@ -50,7 +50,7 @@ def make_train_loader(recipe: Recipe, train_set: Dataset, generator: torch.Gener
 def make_eval_loader(recipe: Recipe, dataset: Dataset, device: torch.device):
     """Batches of 1,000 for validation or testing, on the recipe's path (never augmented)."""
     if recipe.fast:
-        return DeviceLoader(dataset, 1000, device=device, channels_last=True)
+        return DeviceLoader(dataset, 1000, device=device)
     return helpers.make_loader(dataset, 1000, device=device)
 
 

@@ -48,16 +48,14 @@ class DeviceLoader:
 
     augment=True shifts every image by up to 2 pixels and mirrors half of them, drawn per image:
     for training batches only (evaluation loaders leave it off).
-    channels_last stores batches in the memory layout that convolutions run fastest in.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool = False,
                  generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-                 augment: bool = False, channels_last: bool = False) -> None:
+                 augment: bool = False) -> None:
         self.dataset, self.batch_size = dataset, batch_size
         self.shuffle, self.generator = shuffle, generator
         self.device, self.augment = torch.device(device), augment
-        self.channels_last = channels_last
         images, labels = dataset_tensors(dataset)
         self.images, self.labels = images.to(self.device), labels.to(self.device)
 
@@ -81,8 +79,6 @@ class DeviceLoader:
             if self.augment:
                 images = shift_and_flip(images, shifts[start:start + len(index)],
                                         flips[start:start + len(index)])
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
             yield images, self.labels[index]
 
 

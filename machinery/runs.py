@@ -86,8 +86,8 @@ def evaluate_checkpoints(paths: list[Path], device: torch.device, data: Path | s
     """Each checkpoint's figures on the full 10,000-image test set, one dict per checkpoint."""
     models = [(path, *helpers.load_checkpoint(path, device)) for path in paths]  # all readable?
     _, _, test_set = helpers.load_datasets(course_settings(smoke=False), root=data)
-    # the fast path: the same images as a DataLoader's, in the layout convolutions run fastest in
-    test_loader = DeviceLoader(test_set, 1000, device=device, channels_last=True)
+    # the fast path: the same images as a DataLoader's, kept on the device
+    test_loader = DeviceLoader(test_set, 1000, device=device)
     for path, model, meta in models:
         model = model.to(memory_format=torch.channels_last)
         start = time.perf_counter()

@@ -24,11 +24,10 @@ def test_device_tensors_are_the_images_totensor_gives(small_sets):
 
 def test_device_loader_batches_match_the_dataloader(small_sets):
     _, valid, _ = small_sets
-    fast = DeviceLoader(valid, 100, channels_last=True)
+    fast = DeviceLoader(valid, 100)
     slow = helpers.make_loader(valid, 100)
     assert len(fast) == len(slow) == 3
     for (x_fast, y_fast), (x_slow, y_slow) in zip(fast, slow):
-        assert x_fast.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(x_fast, x_slow) and torch.equal(y_fast, y_slow)
 
 
@@ -73,7 +72,7 @@ def test_the_runner_trains_on_the_fast_path(small_sets, small_settings, cpu, tmp
     train, valid, _ = small_sets
     recipe = replace(small_settings, epochs=3, fast=True)
     generator = helpers.seed_everything(0)
-    loader = DeviceLoader(train, 32, shuffle=True, generator=generator, channels_last=True)
+    loader = DeviceLoader(train, 32, shuffle=True, generator=generator)
     model, optimizer, schedule, loss_fn = engine.make_training(recipe, cpu, len(loader))
     history = engine.run_epochs(model, loader, DeviceLoader(valid, 256), recipe, optimizer,
                                 schedule, loss_fn, cpu, last_path=tmp_path / "last.pt",
@@ -105,7 +104,7 @@ def test_a_fast_run_uses_device_loaders_and_says_so(small_sets, small_settings, 
     loaders = (engine.make_train_loader(fast, train, torch.Generator(), cpu),
                engine.make_eval_loader(fast, valid, cpu))
     assert all(isinstance(loader, DeviceLoader) for loader in loaders)
-    assert loaders[0].shuffle and loaders[0].channels_last and not loaders[1].shuffle
+    assert loaders[0].shuffle and not loaders[1].shuffle
     assert (helpers.run_name(fast).startswith("original-fast-b128-")
             and "-smoke-" in helpers.run_name(fast))
     slow = (engine.make_train_loader(small_settings, train, torch.Generator(), cpu),
@@ -143,14 +142,14 @@ def test_a_compiled_network_trains_and_saves_checkpoints_an_uncompiled_one_loads
     settings = helpers.course_settings(smoke=True, recipe="original-fast", model="small-conv",
                                        compile=True, epochs=1, batch_size=128)
     model, optimizer, _, loss_fn = engine.make_training(settings, cpu, steps_per_epoch=4)
-    loader = DeviceLoader(train, 128, shuffle=True, generator=torch.Generator().manual_seed(0),
-                                  channels_last=True)  # 512 images: four batches of one shape
+    # 512 images: four batches of one shape
+    loader = DeviceLoader(train, 128, shuffle=True, generator=torch.Generator().manual_seed(0))
     loss = helpers.train_one_epoch(model, loader, loss_fn, optimizer, cpu)
     assert 0 < loss < 5
     helpers.save_checkpoint(tmp_path / "compiled.pt", model, recipe=settings.name)
     # same keys: no '_orig_mod.' prefix
     eager, _ = helpers.load_checkpoint(tmp_path / "compiled.pt")
-    images, _ = next(iter(DeviceLoader(valid, 256, channels_last=True)))
+    images, _ = next(iter(DeviceLoader(valid, 256)))
     model.eval()
     eager.eval()
     with torch.no_grad():

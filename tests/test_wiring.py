@@ -185,6 +185,19 @@ def test_train_run_hands_every_setting_to_what_uses_it(settings, wiring, small_s
     assert torch.equal(matrix.sum(dim=1), torch.bincount(labels, minlength=10))
 
 
+def test_the_loaders_are_built_for_the_device_asked(small_sets):
+    train_set, valid_set, _ = small_sets
+    fast = helpers.course_settings(smoke=True, recipe="original-fast")
+    meta = torch.device("meta")  # holds no data: only where the tensors live is checked
+    assert engine.make_train_loader(fast, train_set, torch.Generator(), meta).images.is_meta
+    assert engine.make_eval_loader(fast, valid_set, meta).images.is_meta
+    # the original path: a DataLoader pins batches in memory for a GPU's copy, not for a CPU
+    plain, cuda = helpers.course_settings(smoke=True), torch.device("cuda")
+    assert engine.make_train_loader(plain, train_set, torch.Generator(), cuda).pin_memory
+    assert engine.make_eval_loader(plain, valid_set, cuda).pin_memory
+    assert not engine.make_train_loader(plain, train_set, torch.Generator(), CPU).pin_memory
+
+
 @pytest.mark.parametrize("precision", [torch.bfloat16, torch.float16])
 def test_the_hardware_precision_reaches_the_training_step_on_the_fast_path_only(
         precision, wiring, small_sets, small_settings, tmp_path, monkeypatch):

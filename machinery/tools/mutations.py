@@ -52,9 +52,8 @@ MUTANTS = [
     Mutant("DeviceLoader scales by 256", "machinery/fast_path.py", ".float().div_(255)",
            ".float().div_(256)", FAST),
     Mutant("evaluation batches augmented", "machinery/engine.py",
-           "return DeviceLoader(dataset, 1000, device=device, channels_last=True)",
-           "return DeviceLoader(dataset, 1000, device=device, augment=recipe.augment,"
-           " channels_last=True)", FAST),
+           "return DeviceLoader(dataset, 1000, device=device)",
+           "return DeviceLoader(dataset, 1000, device=device, augment=recipe.augment)", FAST),
     Mutant("ladder rungs not cumulative", "machinery/recipes.py", "recipe = replace(recipe, name=",
            'recipe = replace(RECIPES["original-fast"], name=', STAGE10),
     Mutant("smoke mode uses 400 training images", "machinery/recipes.py", "train_size=4000",
