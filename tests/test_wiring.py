@@ -118,10 +118,19 @@ def test_train_run_hands_every_setting_to_what_uses_it(settings, wiring, small_s
                                                          small_settings, tmp_path, capsys):
     recipe = replace(small_settings, name="wired", **settings)
     train_set, valid_set, test_set = small_sets
-    lines = []
+    lines, best_path, last_path = [], tmp_path / "best.pt", tmp_path / "last.pt"
     model, history, _ = engine.train_run(recipe, train_set, valid_set, CPU,
-                                         run_dir=tmp_path / "run", log=lines.append)
+                                         run_dir=tmp_path / "run", best_path=best_path,
+                                         last_path=last_path, log=lines.append)
     assert type(model) is helpers.NETWORKS[recipe.model]
+    # the checkpoints record the recipe and their own epoch's figures
+    for path, epoch in ((best_path, history.best_epoch), (last_path, history.epochs)):
+        saved = helpers.load_checkpoint(path)[1]
+        assert (saved["recipe"], saved["settings"], saved["epoch"]) == (
+            recipe.name, recipe.as_dict(), epoch)
+        assert saved["metrics"] == {"train_loss": history.train_loss[epoch - 1],
+                                    "valid_loss": history.valid_loss[epoch - 1],
+                                    "valid_accuracy": history.valid_accuracy[epoch - 1]}
     # every line goes where `log` says (a notebook's cell, a log file), nothing to the terminal
     assert lines[0].startswith("recipe wired:") and len(lines) > recipe.epochs
     assert capsys.readouterr().out == ""
