@@ -193,11 +193,21 @@ def test_the_gradient_scaler_changes_no_update_where_nothing_overflows(small_set
         model = helpers.build_model("original")
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, enabled=scaled)
-        trained = engine.MixedPrecision(model, None, scaler)
+        # scaled: the wrapper in fp32 (no autocast) with the scaler; plain: the bare network
+        trained = engine.MixedPrecision(model, None, scaler) if scaled else model
         stepper = engine.ScaledOptimizer(optimizer, scaler) if scaled else optimizer
         helpers.train_one_epoch(trained, loader, nn.CrossEntropyLoss(), stepper, cpu)
         weights.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
+def test_a_network_wrapped_for_fp16_still_evaluates_without_gradients(small_sets, cpu):
+    # the scaler's hook goes on logits that will get a gradient only: evaluation has none
+    model = helpers.build_model("original")
+    wrapped = engine.MixedPrecision(model, torch.float16, torch.amp.GradScaler("cpu"))
+    images = torch.stack([small_sets[1][i][0] for i in range(2)])
+    with torch.no_grad():
+        assert wrapped.eval()(images).dtype == torch.float32
 
 
 def test_one_cycle_steps_once_per_optimizer_step_and_ends_at_its_length(cpu):
