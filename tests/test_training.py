@@ -1,5 +1,7 @@
 """Stages 5-6: the loop, on real images: it learns, logs to TensorBoard, checkpoints, stops."""
+import itertools
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -183,3 +185,17 @@ def test_evaluate_records_no_autograd_graph(small_sets, cpu):
     _, valid_set, _ = small_sets
     helpers.evaluate(Spy(), helpers.make_loader(valid_set, 128), nn.CrossEntropyLoss(), cpu)
     assert grad_modes and not any(grad_modes)
+
+
+def test_the_runner_times_its_epochs_and_itself_by_the_clock(small_sets, small_settings, cpu,
+                                                             tmp_path, monkeypatch):
+    ticks = itertools.count(start=0, step=30)  # a clock that moves 30 s at every reading
+    monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    train_set, valid_set, _ = small_sets
+    lines = []
+    _, history, minutes = engine.train_run(replace(small_settings, epochs=2),
+                                           helpers.first(train_set, 64), valid_set, cpu,
+                                           run_dir=tmp_path / "run", log=lines.append)
+    # readings: the run's start, each epoch's start and end, the run's end
+    assert history.seconds == [30, 30] and minutes == 5 * 30 / 60
+    assert lines[1].endswith("30.0 s  (~0 min left)")  # 30 s for the one epoch left: 0.5 min

@@ -2,7 +2,7 @@
 and the training, validation and test images reach exactly their roles, in every entry point.
 
 Each test spies on what is built and handed over (the loaders train_one_epoch and evaluate
-receive, the optimizer, schedule, loss, early stopping, the paths), never on the recipe itself:
+receive, the network, optimizer, schedule, loss, early stopping, the paths), not on the recipe:
 a value read from the recipe and then dropped on the way would pass a test that reads the recipe.
 Training is cut to two batches per epoch: the wiring is under test here, not the learning.
 """
@@ -10,7 +10,6 @@ import inspect
 import itertools
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,10 +17,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, RandomSampler, Subset
 
 import helpers
-from machinery import cli, engine
+from machinery import cli, engine, recipes, runs
 from machinery.fast_path import DeviceLoader, dataset_tensors
-
-CPU = torch.device("cpu")
 
 
 class Spy:
@@ -47,13 +44,19 @@ class Wiring:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         spy = Spy(monkeypatch)
-        real_train_one_epoch = helpers.train_one_epoch
+        real_train_one_epoch, real_build_model = helpers.train_one_epoch, helpers.build_model
 
         def two_batches(model, loader, loss_fn, optimizer, device):
             return real_train_one_epoch(model, itertools.islice(loader, 2), loss_fn, optimizer,
                                         device)
 
+        def seeded_build(name="original"):
+            self.seeds_at_build.append(torch.initial_seed())  # torch's seed as the weights draw
+            return real_build_model(name)
+
+        self.seeds_at_build = []
         self.seeds = spy.on(helpers, "seed_everything")
+        self.builds = spy.on(helpers, "build_model", through=seeded_build)
         self.trains = spy.on(helpers, "train_one_epoch", through=two_batches)
         self.evaluations = spy.on(helpers, "evaluate")
         self.predictions = spy.on(helpers, "predict_all")
@@ -63,7 +66,10 @@ class Wiring:
         self.stoppers = spy.on(helpers.EarlyStopping, "__init__")
         self.stopper_steps = spy.on(helpers.EarlyStopping, "step")
         self.runs = spy.on(engine, "train_run")
+        self.restores = spy.on(engine, "restore_training")
         self.matrices = spy.on(engine, "plot_confusion_matrix")
+        self.devices = spy.on(cli, "pick_device")
+        self.compiled = spy.on(engine, "compile_model", through=lambda model, device: model)
 
     @property
     def train_loader(self):
@@ -75,6 +81,21 @@ class Wiring:
 @pytest.fixture
 def wiring(monkeypatch) -> Wiring:
     return Wiring(monkeypatch)
+
+
+@pytest.fixture(autouse=True)
+def nothing_outside_tmp_path(monkeypatch, tmp_path):
+    """Smoke mode only where a test asks for it; a bug that drops --out or --runs writes into
+    tmp_path, never over the repository's checkpoints/ and runs/."""
+    monkeypatch.delenv("FMNIST_SMOKE", raising=False)
+    monkeypatch.setattr(cli, "RUNS_ROOT", tmp_path / "default-runs")
+    monkeypatch.setattr(runs, "checkpoint_paths", lambda recipe: recipes.checkpoint_paths(
+        recipe, tmp_path / "default-checkpoints"))
+
+
+def main(*args: str) -> int:
+    """`python helpers.py ARGS`, in this process so the spies see inside it."""
+    return cli.main([*args])
 
 
 def images(data) -> torch.Tensor:
@@ -115,28 +136,16 @@ ONE_CYCLE = dict(model="improved", fast=True, batch_size=48, lr=3e-3, optimizer=
 
 @pytest.mark.parametrize("settings", [PLATEAU, ONE_CYCLE], ids=["plateau", "one-cycle"])
 def test_train_run_hands_every_setting_to_what_uses_it(settings, wiring, small_sets,
-                                                         small_settings, tmp_path, capsys):
+                                                         small_settings, tmp_path, cpu):
     recipe = replace(small_settings, name="wired", **settings)
     train_set, valid_set, test_set = small_sets
-    lines, best_path, last_path = [], tmp_path / "best.pt", tmp_path / "last.pt"
-    model, history, _ = engine.train_run(recipe, train_set, valid_set, CPU,
-                                         run_dir=tmp_path / "run", best_path=best_path,
-                                         last_path=last_path, log=lines.append)
-    assert type(model) is helpers.NETWORKS[recipe.model]
-    # the checkpoints record the recipe and their own epoch's figures
-    for path, epoch in ((best_path, history.best_epoch), (last_path, history.epochs)):
-        saved = helpers.load_checkpoint(path)[1]
-        assert (saved["recipe"], saved["settings"], saved["epoch"]) == (
-            recipe.name, recipe.as_dict(), epoch)
-        assert saved["metrics"] == {"train_loss": history.train_loss[epoch - 1],
-                                    "valid_loss": history.valid_loss[epoch - 1],
-                                    "valid_accuracy": history.valid_accuracy[epoch - 1]}
-    # every line goes where `log` says (a notebook's cell, a log file), nothing to the terminal
-    assert lines[0].startswith("recipe wired:") and len(lines) > recipe.epochs
-    assert capsys.readouterr().out == ""
+    model, history, _ = engine.train_run(recipe, train_set, valid_set, cpu,
+                                         run_dir=tmp_path / "run", log=lambda line: None)
 
-    # seed: Python, NumPy and torch seeded with it, and its generator shuffles the training set
-    assert [call["seed"] for call in wiring.seeds] == [recipe.seed]
+    # the network asked for, its weights drawn after seeding; the seed's generator shuffles
+    assert [call["name"] for call in wiring.builds] == [recipe.model]
+    assert type(model) is helpers.NETWORKS[recipe.model]
+    assert [call["seed"] for call in wiring.seeds] == [recipe.seed] == wiring.seeds_at_build
     loader = wiring.train_loader
     assert loader.generator is not None and loader.generator.initial_seed() == recipe.seed
 
@@ -148,7 +157,7 @@ def test_train_run_hands_every_setting_to_what_uses_it(settings, wiring, small_s
 
     # the network, optimizer and loss that train_one_epoch steps
     call = wiring.trains[0]
-    assert call["model"] is model and call["device"] == CPU   # no mixed precision on a CPU
+    assert call["model"] is model and call["device"] == cpu   # no mixed precision on a CPU
     optimizer = call["optimizer"]
     assert type(optimizer) is (torch.optim.AdamW if recipe.optimizer == "adamw"
                                else torch.optim.Adam)
@@ -159,21 +168,21 @@ def test_train_run_hands_every_setting_to_what_uses_it(settings, wiring, small_s
     assert loss_fn.label_smoothing == recipe.label_smoothing
 
     # the schedule and early stopping, built with the recipe's values and fed the validation loss
-    valid_losses = history.valid_loss
     if recipe.schedule == "plateau":
         assert optimizer.defaults["lr"] == recipe.lr and not wiring.one_cycles
         [plateau] = wiring.plateaus
         assert plateau["optimizer"] is optimizer
         assert (plateau["factor"], plateau["patience"]) == (recipe.lr_factor, recipe.lr_patience)
-        assert [step["metrics"] for step in wiring.plateau_steps] == valid_losses
+        assert [step["metrics"] for step in wiring.plateau_steps] == history.valid_loss
         [stopper] = wiring.stoppers
         assert stopper["patience"] == recipe.stop_patience
-        assert [step["valid_loss"] for step in wiring.stopper_steps] == valid_losses
+        assert [step["valid_loss"] for step in wiring.stopper_steps] == history.valid_loss
     else:
         assert not wiring.plateaus and not wiring.stoppers   # a fixed length: no early stop
         [one_cycle] = wiring.one_cycles
         assert one_cycle["optimizer"] is optimizer and one_cycle["max_lr"] == recipe.lr
         assert (one_cycle["epochs"], one_cycle["steps_per_epoch"]) == (recipe.epochs, len(loader))
+        assert history.lr[0] < history.lr[1] < recipe.lr  # warming up, one step per batch
 
     # data roles: training images train, validation images validate and make the summary's
     # confusion matrix; the test images are never seen
@@ -187,14 +196,34 @@ def test_train_run_hands_every_setting_to_what_uses_it(settings, wiring, small_s
         assert valid_loader.batch_size == 1000
     assert [role(call["loader"], sets) for call in wiring.predictions] == ["valid"]
     assert [call["loss_fn"] for call in wiring.evaluations] == [loss_fn] * recipe.epochs
-    assert {call["device"] for call in wiring.evaluations + wiring.predictions} == {CPU}
+    assert {call["device"] for call in wiring.evaluations + wiring.predictions} == {cpu}
     # TensorBoard's confusion matrix: a row per true class, so its rows count the labels
     [matrix] = [call["matrix"] for call in wiring.matrices]
     labels = dataset_tensors(valid_set)[1]
     assert torch.equal(matrix.sum(dim=1), torch.bincount(labels, minlength=10))
 
 
-def test_the_loaders_are_built_for_the_device_asked(small_sets):
+def test_train_run_keeps_its_checkpoints_and_lines_where_asked(wiring, small_sets,
+                                                              small_settings, tmp_path, cpu,
+                                                              capsys):
+    recipe = replace(small_settings, name="kept", epochs=2)
+    lines, best_path, last_path = [], tmp_path / "best.pt", tmp_path / "last.pt"
+    _, history, _ = engine.train_run(recipe, *small_sets[:2], cpu, run_dir=tmp_path / "run",
+                                     best_path=best_path, last_path=last_path, log=lines.append)
+    # the checkpoints record the recipe and their own epoch's figures
+    for path, epoch in ((best_path, history.best_epoch), (last_path, history.epochs)):
+        saved = helpers.load_checkpoint(path)[1]
+        assert (saved["recipe"], saved["settings"], saved["epoch"]) == (
+            recipe.name, recipe.as_dict(), epoch)
+        assert saved["metrics"] == {"train_loss": history.train_loss[epoch - 1],
+                                    "valid_loss": history.valid_loss[epoch - 1],
+                                    "valid_accuracy": history.valid_accuracy[epoch - 1]}
+    # every line goes where `log` says (a notebook's cell, a log file), nothing to the terminal
+    assert lines[0].startswith("recipe kept:") and len(lines) > recipe.epochs
+    assert capsys.readouterr().out == ""
+
+
+def test_the_loaders_are_built_for_the_device_asked(small_sets, cpu):
     train_set, valid_set, _ = small_sets
     fast = helpers.course_settings(smoke=True, recipe="original-fast")
     meta = torch.device("meta")  # holds no data: only where the tensors live is checked
@@ -204,55 +233,69 @@ def test_the_loaders_are_built_for_the_device_asked(small_sets):
     plain, cuda = helpers.course_settings(smoke=True), torch.device("cuda")
     assert engine.make_train_loader(plain, train_set, torch.Generator(), cuda).pin_memory
     assert engine.make_eval_loader(plain, valid_set, cuda).pin_memory
-    assert not engine.make_train_loader(plain, train_set, torch.Generator(), CPU).pin_memory
+    assert not engine.make_train_loader(plain, train_set, torch.Generator(), cpu).pin_memory
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "original"])
 @pytest.mark.parametrize("precision", [torch.bfloat16, torch.float16])
 def test_the_hardware_precision_reaches_the_training_step_on_the_fast_path_only(
-        precision, wiring, small_sets, small_settings, tmp_path, monkeypatch):
+        precision, fast, wiring, small_sets, small_settings, tmp_path, cpu, monkeypatch):
     # a GPU's choice, forced: the CPU runs both types under autocast, slowly (two batches here)
     monkeypatch.setattr(engine, "mixed_precision", lambda device: precision)
-    train_set, valid_set, _ = small_sets
-    for fast in (True, False):
-        recipe = replace(small_settings, name="precise", fast=fast, epochs=1, batch_size=32)
-        model, _, _ = engine.train_run(recipe, train_set, valid_set, CPU,
-                                       run_dir=tmp_path / f"run-{fast}", log=lambda line: None)
-        call = wiring.trains[-1]
-        if not fast:  # the original path never changes precision
-            assert call["model"] is model and isinstance(call["optimizer"], torch.optim.Adam)
-            continue
-        assert isinstance(call["model"], engine.MixedPrecision)
-        assert call["model"].model is model and call["model"].precision == precision
-        stepper = call["optimizer"]
-        if precision == torch.float16:  # fp16 steps through one enabled gradient scaler
-            assert isinstance(stepper, engine.ScaledOptimizer) and stepper.scaler.is_enabled()
-            assert call["model"].scaler is stepper.scaler
-            assert stepper.optimizer.param_groups[0]["params"] == list(model.parameters())
-        else:
-            assert isinstance(stepper, torch.optim.Adam)
+    recipe = replace(small_settings, name="precise", fast=fast, epochs=1, batch_size=32)
+    model, _, _ = engine.train_run(recipe, *small_sets[:2], cpu, run_dir=tmp_path / "run",
+                                   log=lambda line: None)
+    [call] = wiring.trains
+    if not fast:  # the original path never changes precision
+        assert call["model"] is model and isinstance(call["optimizer"], torch.optim.Adam)
+        return
+    assert isinstance(call["model"], engine.MixedPrecision)
+    assert call["model"].model is model and call["model"].precision == precision
+    stepper = call["optimizer"]
+    if precision == torch.float16:  # fp16 steps through one enabled gradient scaler
+        assert isinstance(stepper, engine.ScaledOptimizer) and stepper.scaler.is_enabled()
+        assert call["model"].scaler is stepper.scaler
+        assert stepper.optimizer.param_groups[0]["params"] == list(model.parameters())
+    else:
+        assert isinstance(stepper, torch.optim.Adam)
 
 
-def run_cli(*args: str) -> int:
-    """`python helpers.py ARGS` in this process, so the spies see inside it."""
-    return cli.main([*args])
+def test_resume_restores_into_the_runs_own_objects(wiring, small_sets, small_settings,
+                                                   tmp_path, cpu, monkeypatch):
+    monkeypatch.setattr(engine, "mixed_precision", lambda device: torch.float16)  # a T4's
+    # one-cycle: its schedule's length must match the resumed run's, which it does here
+    recipe = replace(small_settings, name="resumed", fast=True, schedule="onecycle", epochs=1,
+                     batch_size=32)
+    last = tmp_path / "last.pt"
+    for resume in (None, last):
+        engine.train_run(recipe, *small_sets[:2], cpu, run_dir=tmp_path / "run", last_path=last,
+                         resume=resume, log=lambda line: None)
+    [restore] = wiring.restores
+    [trained] = wiring.trains  # the resumed run had nothing left to train
+    assert restore["path"] == last and restore["device"] == cpu
+    assert restore["network"] == recipe.model
+    # the fresh run's own scaler gets the saved scale (not a new one that would skip updates)
+    assert restore["scaler"] is not trained["optimizer"].scaler
+    assert isinstance(restore["scaler"], torch.amp.GradScaler) and restore["scaler"].is_enabled()
+    assert restore["scaler"].get_scale() == trained["optimizer"].scaler.get_scale()
 
 
-def test_every_train_flag_reaches_the_run_and_each_set_its_role(wiring, data_root, tmp_path,
+def test_every_train_flag_reaches_the_run_and_each_set_its_role(wiring, data_root, tmp_path, cpu,
                                                                   capsys):
     out = tmp_path / "mine.pt"
-    assert run_cli("train", "--model", "original", "--batch-size", "40", "--epochs", "2",
-                   "--smoke", "--out", str(out), "--runs", str(tmp_path / "runs"),
-                   "--data", str(data_root), "--device", "cpu") == 0
+    assert main("train", "--recipe", "improved", "--batch-size", "40", "--epochs", "2", "--smoke",
+                "--out", str(out), "--runs", str(tmp_path / "runs"), "--data", str(data_root),
+                "--device", "cpu") == 0
     [run] = wiring.runs
-    recipe = run["recipe"]
-    assert (recipe.name, recipe.batch_size, recipe.epochs) == ("original", 40, 2)
-    assert run["device"] == CPU
+    assert run["recipe"] == helpers.course_settings(smoke=True, recipe="improved", batch_size=40,
+                                                    epochs=2)
+    assert [call["name"] for call in wiring.devices] == ["cpu"] and run["device"] == cpu
+    # the run's network, then its best checkpoint's, loaded back for the test figures
+    assert [call["name"] for call in wiring.builds] == ["improved"] * 2 and not wiring.compiled
     assert wiring.train_loader.batch_size == 40 and len(wiring.trains) == 2
 
     # output paths: the best checkpoint where --out says, the last beside it, the run in --runs
     assert run["best_path"] == out and run["last_path"] == tmp_path / "mine-last.pt"
-    assert helpers.load_checkpoint(out)[1]["epoch"] in (1, 2)
-    assert helpers.load_checkpoint(tmp_path / "mine-last.pt")[1]["epoch"] == 2
     assert Path(run["run_dir"]).parent == tmp_path / "runs" and Path(run["run_dir"]).is_dir()
 
     # data roles, by the images each piece received: the smoke sizes of the course split
@@ -262,101 +305,101 @@ def test_every_train_flag_reaches_the_run_and_each_set_its_role(wiring, data_roo
     assert role(wiring.train_loader, sets) == "train"
     roles = [role(call["loader"], sets) for call in wiring.evaluations]
     assert roles == ["valid", "valid", "test", "test"]  # two epochs; the last and best on test
-    # the test figures are plain cross-entropy, whatever the recipe's smoothing
-    assert all(call["loss_fn"].label_smoothing == 0 for call in wiring.evaluations[2:])
     assert [role(call["loader"], sets) for call in wiring.predictions] == ["valid"]
-    stdout = capsys.readouterr().out
-    assert "test accuracy on 1,000 images" in stdout
+    # the test figures: plain cross-entropy (the recipe trains with label smoothing 0.1), for the
+    # last epoch's network, then for the best checkpoint's, loaded back
+    last, best = wiring.evaluations[2:]
+    assert wiring.trains[0]["loss_fn"].label_smoothing == 0.1
+    assert last["loss_fn"].label_smoothing == best["loss_fn"].label_smoothing == 0
+    assert last["model"] is wiring.trains[0]["model"] and best["model"] is not last["model"]
+    saved = helpers.load_checkpoint(out)[0].state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in best["model"].state_dict().items())
+    assert "test accuracy on 1,000 images" in capsys.readouterr().out
 
 
 def test_fast_and_compile_flags_reach_the_network_and_the_loaders(wiring, data_root, tmp_path,
-                                                                  monkeypatch):
-    compiled = []
-    monkeypatch.setattr(engine, "compile_model",
-                        lambda model, device: compiled.append((model, device)) or model)
-    assert run_cli("train", "--fast", "--compile", "--epochs", "1", "--smoke",
-                   "--out", str(tmp_path / "fast.pt"), "--runs", str(tmp_path / "runs"),
-                   "--data", str(data_root), "--device", "cpu") == 0
+                                                                  cpu):
+    assert main("train", "--fast", "--compile", "--epochs", "1", "--smoke",
+                "--out", str(tmp_path / "fast.pt"), "--runs", str(tmp_path / "runs"),
+                "--data", str(data_root), "--device", "cpu") == 0
     [run] = wiring.runs
-    assert run["recipe"].name == "original-fast" and run["recipe"].compile
-    [(model, device)] = compiled
-    assert wiring.trains[0]["model"] is model and device == CPU
+    assert run["recipe"] == helpers.course_settings(smoke=True, recipe="original-fast", epochs=1,
+                                                    compile=True)
+    [compiled] = wiring.compiled
+    assert wiring.trains[0]["model"] is compiled["model"] and compiled["device"] == cpu
     loader = wiring.train_loader
     assert isinstance(loader, DeviceLoader) and loader.batch_size == 128 and not loader.augment
     assert all(isinstance(call["loader"], DeviceLoader) for call in wiring.evaluations)
+    assert len(wiring.one_cycles) == 1 and not wiring.plateaus
+
+
+def test_a_final_fit_keeps_no_best_checkpoint_and_reports_its_last_epoch(wiring, data_root,
+                                                                         tmp_path):
+    assert main("train", "--fast", "--final-fit", "--epochs", "1", "--smoke",
+                "--out", str(tmp_path / "final.pt"), "--runs", str(tmp_path / "runs"),
+                "--data", str(data_root), "--device", "cpu") == 0
+    [run] = wiring.runs
+    assert run["recipe"].final_fit and run["best_path"] is None
+    _, valid_set, test_set = helpers.load_datasets(helpers.course_settings(smoke=True), data_root)
+    sets = {"valid": valid_set, "test": test_set}
+    assert [role(call["loader"], sets) for call in wiring.evaluations] == ["valid", "test"]
 
 
 class Stop(Exception):
-    """Raised by a spy once it has seen what it needs: no training."""
+    """Raised by a stand-in for train_run once it has seen what it needs: no training."""
+
+
+@pytest.fixture
+def stopped_run(monkeypatch) -> list[dict]:
+    """train_run replaced by a recorder that stops the command: what the command handed over."""
+    seen = []
+
+    def record(recipe, train_set, valid_set, device, **paths):
+        seen.append(dict(recipe=recipe, train_set=train_set, valid_set=valid_set, **paths))
+        raise Stop
+
+    monkeypatch.setattr(engine, "train_run", record)
+    return seen
 
 
 @pytest.mark.parametrize("flag, env, smoke", [
     ([], None, False), (["--smoke"], None, True), ([], "1", True), ([], "0", False),
     (["--smoke"], "0", True)])
 def test_smoke_mode_comes_from_the_flag_or_the_environment(flag, env, smoke, data_root,
-                                                           monkeypatch):
-    if env is None:
-        monkeypatch.delenv("FMNIST_SMOKE", raising=False)
-    else:
+                                                           stopped_run, monkeypatch):
+    if env is not None:
         monkeypatch.setenv("FMNIST_SMOKE", env)
-    seen = []
-
-    def record(recipe, train_set, valid_set, device, **paths):
-        seen.append((recipe, len(train_set), len(valid_set), paths))
-        raise Stop
-
-    monkeypatch.setattr(engine, "train_run", record)
     with pytest.raises(Stop):
-        run_cli("train", *flag, "--data", str(data_root), "--device", "cpu")
-    [(recipe, n_train, n_valid, paths)] = seen
-    assert (n_train, n_valid) == ((4000, 1000) if smoke else (50_000, 10_000))
-    assert recipe.epochs == (2 if smoke else 50)
+        main("train", *flag, "--data", str(data_root), "--device", "cpu")
+    [run] = stopped_run
+    sizes = (len(run["train_set"]), len(run["valid_set"]))
+    assert sizes == ((4000, 1000) if smoke else (50_000, 10_000))
+    assert run["recipe"].epochs == (2 if smoke else 50)
     # a smoke run never writes over a real run's checkpoint
-    assert paths["best_path"].name == ("original-smoke.pt" if smoke else "original.pt")
+    assert run["best_path"].name == ("original-smoke.pt" if smoke else "original.pt")
 
 
-def test_the_data_folder_flag_reaches_the_datasets(tmp_path, monkeypatch):
-    seen = []
-
-    def record(recipe, train_set, valid_set, device, **paths):
-        seen.append((train_set, valid_set))
-        raise Stop
-
-    monkeypatch.setattr(engine, "train_run", record)
+def test_the_data_folder_flag_reaches_the_datasets(tmp_path, stopped_run):
     elsewhere = tmp_path / "elsewhere"  # filled from the local copy, as a first run would
     with pytest.raises(Stop):
-        run_cli("train", "--smoke", "--data", str(elsewhere), "--device", "cpu")
-    [(train_set, valid_set)] = seen
-    for subset in (train_set, valid_set):
+        main("train", "--smoke", "--data", str(elsewhere), "--device", "cpu")
+    [run] = stopped_run
+    for subset in (run["train_set"], run["valid_set"]):
         while isinstance(subset, Subset):
             subset = subset.dataset
         assert Path(subset.root) == elsewhere
-
-
-def test_train_run_times_its_epochs_and_itself_by_the_clock(small_sets, small_settings,
-                                                             tmp_path, monkeypatch):
-    ticks = itertools.count(start=0, step=30)  # a clock that moves 30 s at every reading
-    monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
-    train_set, valid_set, _ = small_sets
-    recipe = replace(small_settings, epochs=2, train_size=64)
-    lines = []
-    _, history, minutes = engine.train_run(recipe, helpers.first(train_set, 64), valid_set, CPU,
-                                           run_dir=tmp_path / "run", log=lines.append)
-    # readings: the run's start, each epoch's start and end, the run's end
-    assert history.seconds == [30, 30] and minutes == 5 * 30 / 60
-    assert lines[1].endswith("30.0 s  (~0 min left)") and lines[2].endswith("(~0 min left)")
 
 
 def test_resume_carries_the_runs_settings_paths_and_tensorboard_folder(wiring, data_root,
                                                                        tmp_path):
     first = tmp_path / "first.pt"
     common = ("--data", str(data_root), "--device", "cpu")
-    assert run_cli("train", "--batch-size", "40", "--epochs", "1", "--smoke", "--out", str(first),
-                   "--runs", str(tmp_path / "runs"), *common) == 0
+    assert main("train", "--batch-size", "40", "--epochs", "1", "--smoke", "--out", str(first),
+                "--runs", str(tmp_path / "runs"), *common) == 0
     last = tmp_path / "first-last.pt"
-    # resumed for one more epoch; another --runs or --batch-size would be ignored
-    assert run_cli("train", "--resume", str(last), "--epochs", "2",
-                   "--runs", str(tmp_path / "elsewhere"), *common) == 0
+    # resumed for one more epoch; its --runs and --batch-size are ignored: the run keeps its own
+    assert main("train", "--resume", str(last), "--epochs", "2", "--batch-size", "64",
+                "--runs", str(tmp_path / "elsewhere"), *common) == 0
     started, resumed = wiring.runs
     assert Path(resumed["resume"]) == last
     assert resumed["recipe"] == replace(started["recipe"], epochs=2)
@@ -369,23 +412,29 @@ def test_resume_carries_the_runs_settings_paths_and_tensorboard_folder(wiring, d
     assert helpers.load_checkpoint(last)[1]["epoch"] == 2
 
 
-def test_fit_trains_on_its_first_loader_and_validates_on_its_second(wiring, small_sets):
+def test_fit_trains_on_its_first_loader_and_validates_on_its_second(wiring, small_sets, cpu):
     train_set, valid_set, test_set = small_sets
     model = helpers.build_model("original")
     optimizer = helpers.make_optimizer(model, helpers.course_settings())
     train_loader = helpers.make_loader(train_set, 32, shuffle=True)
     valid_loader = helpers.make_loader(valid_set, 256)
-    helpers.fit(model, train_loader, valid_loader, nn.CrossEntropyLoss(), optimizer,
-                helpers.make_scheduler(optimizer, helpers.course_settings()), CPU, epochs=2,
-                log=lambda line: None)
+    history = helpers.fit(model, train_loader, valid_loader, nn.CrossEntropyLoss(), optimizer,
+                          helpers.make_scheduler(optimizer, helpers.course_settings()), cpu,
+                          epochs=2, patience=3, log=lambda line: None)
     sets = {"train": train_set, "valid": valid_set, "test": test_set}
     assert [role(call["loader"], sets) for call in wiring.trains] == ["train", "train"]
     assert [role(call["loader"], sets) for call in wiring.evaluations] == ["valid", "valid"]
+    # patience reaches early stopping; both it and the scheduler watch the validation loss
+    assert [call["patience"] for call in wiring.stoppers] == [3]
+    assert [step["valid_loss"] for step in wiring.stopper_steps] == history.valid_loss
+    assert [step["metrics"] for step in wiring.plateau_steps] == history.valid_loss
 
 
-def test_evaluate_command_scores_checkpoints_on_the_whole_test_set(wiring, data_root, capsys):
-    assert run_cli("evaluate", str(helpers.REFERENCE / "original.pt"),
-                   "--data", str(data_root), "--device", "cpu") == 0
+def test_evaluate_command_scores_checkpoints_on_the_whole_test_set(wiring, data_root, capsys,
+                                                                   monkeypatch):
+    monkeypatch.setenv("FMNIST_SMOKE", "1")  # a checkpoint's test figures are never a sample
+    assert main("evaluate", str(helpers.REFERENCE / "original.pt"),
+                "--data", str(data_root), "--device", "cpu") == 0
     _, _, test_set = helpers.load_datasets(helpers.course_settings(smoke=False), data_root)
     [call] = wiring.evaluations
     assert torch.equal(images(call["loader"]), images(test_set))
