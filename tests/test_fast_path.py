@@ -1,6 +1,7 @@
 """Stage 10's fast path: the data on the device gives the same batches as the DataLoader path,
 augmentation shifts and mirrors each image, and the runner trains with it through helpers'
 own train_one_epoch, in mixed precision where the hardware has it."""
+import math
 import warnings
 from dataclasses import replace
 
@@ -93,8 +94,9 @@ def test_mixed_precision_is_chosen_by_the_hardware():
 def test_bench_reports_both_paths_side_by_side(data_root):
     report = bench.bench(images=256, rounds=1)
     assert report["original_recipe_images_per_s"] > 0 and report["fast_path_images_per_s"] > 0
-    assert abs(report["ratio"]
-               - report["fast_path_images_per_s"] / report["original_recipe_images_per_s"]) < 0.02
+    # the ratio of the unrounded rates: within the rounding of the printed whole numbers
+    assert report["ratio"] == pytest.approx(
+        report["fast_path_images_per_s"] / report["original_recipe_images_per_s"], rel=0.05)
     assert report["device"] == str(helpers.pick_device()) and report["machine"] == helpers.machine()
 
 
@@ -156,15 +158,17 @@ def test_a_compiled_network_trains_and_saves_checkpoints_an_uncompiled_one_loads
         assert torch.allclose(model(images), eager(images), atol=1e-4)
 
 
-def test_fp16_with_a_gradient_scaler_trains_without_a_schedule_warning(small_sets, cpu):
+def test_fp16_with_a_gradient_scaler_trains_without_a_schedule_warning(small_sets, cpu,
+                                                                       loud_network):
     # the T4's path (mixed_precision gives fp16 below compute capability 8); CPU autocast runs fp16
-    # too, slowly. The improved network's first scaled gradients overflow, so the scaler skips
+    # too. The first scaled gradients overflow (as the improved network's do), so the scaler skips
     # those updates, and the one-cycle schedule, stepped by the optimizer's own step, waits too:
     # no "lr_scheduler.step() before optimizer.step()" warning for a student to puzzle over.
     train, _, _ = small_sets
-    settings = helpers.course_settings(smoke=True, recipe="improved", batch_size=32)
+    settings = helpers.course_settings(smoke=True, recipe="improved", batch_size=32,
+                                       model=loud_network)
     torch.manual_seed(0)
-    model = helpers.build_model("improved")
+    model = helpers.build_model(loud_network)
     before = [p.detach().clone() for p in model.parameters()]
     loader = DeviceLoader(helpers.first(train, 128), 32, shuffle=True,
                           generator=torch.Generator().manual_seed(0))
@@ -174,7 +178,7 @@ def test_fp16_with_a_gradient_scaler_trains_without_a_schedule_warning(small_set
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         loss = helpers.train_one_epoch(trained, loader, nn.CrossEntropyLoss(), stepper, cpu)
-    assert 0 < loss < 5
+    assert 0 < loss < math.inf  # the overflowing steps were skipped: no inf or NaN got in
     assert stepper.scaler.get_scale() < 2.0 ** 16  # updates were skipped: the scale came down
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))  # later ones ran
     taken = sum(state["step"] for state in optimizer.state.values()) / len(optimizer.state)

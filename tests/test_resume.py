@@ -55,12 +55,13 @@ def test_ctrl_c_ends_the_run_cleanly_with_checkpoints_intact(small_sets, small_s
     helpers.load_checkpoint(tmp_path / "best.pt")
 
 
-def test_fp16_scale_carries_over_between_epochs_and_into_the_last_checkpoint(small_sets, tmp_path,
-                                                                             monkeypatch):
+def test_fp16_scale_carries_over_between_epochs_and_into_the_last_checkpoint(
+        small_sets, tmp_path, monkeypatch, loud_network):
     # the runner makes one gradient scaler per run: a fresh one each epoch would skip the first
     # updates of every epoch again while it finds its scale, and a resumed run would not repeat
     train_set, valid_set, _ = small_sets
-    settings = helpers.course_settings(smoke=True, recipe="improved", batch_size=64, epochs=2)
+    settings = helpers.course_settings(smoke=True, recipe="improved", batch_size=64, epochs=2,
+                                       model=loud_network)
     steppers = []
     real_train_one_epoch = helpers.train_one_epoch
 
@@ -85,7 +86,7 @@ def test_fp16_scale_carries_over_between_epochs_and_into_the_last_checkpoint(sma
 
     fresh = torch.amp.GradScaler("cpu")
     model, optimizer, scheduler, _ = engine.make_training(settings, cpu, steps_per_epoch=2)
-    resume.restore_training(tmp_path / "last.pt", "improved", model, optimizer, scheduler, None,
+    resume.restore_training(tmp_path / "last.pt", loud_network, model, optimizer, scheduler, None,
                             loader, cpu, fresh, log=lambda line: None)
     assert fresh.get_scale() == scalers[0].get_scale()
 
