@@ -189,13 +189,14 @@ def test_evaluate_records_no_autograd_graph(small_sets, cpu):
 
 def test_the_runner_times_its_epochs_and_itself_by_the_clock(small_sets, small_settings, cpu,
                                                              tmp_path, monkeypatch):
-    ticks = itertools.count(start=0, step=30)  # a clock that moves 30 s at every reading
+    ticks = itertools.count(start=0, step=15.1)  # a clock that moves 15.1 s at every reading
     monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
     train_set, valid_set, _ = small_sets
     lines = []
-    _, history, minutes = engine.train_run(replace(small_settings, epochs=2),
+    _, history, minutes = engine.train_run(replace(small_settings, epochs=3),
                                            helpers.first(train_set, 64), valid_set, cpu,
                                            run_dir=tmp_path / "run", log=lines.append)
     # readings: the run's start, each epoch's start and end, the run's end
-    assert history.seconds == [30, 30] and minutes == 5 * 30 / 60
-    assert lines[1].endswith("30.0 s  (~0 min left)")  # 30 s for the one epoch left: 0.5 min
+    assert history.seconds == pytest.approx([15.1] * 3) and minutes == pytest.approx(7 * 15.1 / 60)
+    # time left after epoch 1: 2 x 15.1 s = 0.503 min, shown as 1; after epoch 2: 0.25, as 0
+    assert lines[1].endswith("15.1 s  (~1 min left)") and lines[2].endswith("(~0 min left)")
