@@ -1,5 +1,7 @@
 """The command line: `python helpers.py train | evaluate`, and one clear line on bad input."""
 import fcntl
+import io
+import json
 import os
 import pty
 import struct
@@ -12,7 +14,7 @@ import torch
 import torch.nn as nn
 
 import helpers
-from machinery import cli, recipes
+from machinery import bench, cli, recipes, runs
 
 HELPERS = str(helpers.REPO_ROOT / "helpers.py")
 
@@ -104,6 +106,44 @@ def test_bad_input_exits_with_one_clear_line(args, message, capsys):
     assert message in stderr
     assert len(stderr.strip().splitlines()) == 1, stderr
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("args, hint", [
+    (["train", "--epochs", "0"], "(see: python helpers.py train --help)"),
+    (["frobnicate"], "(see: python helpers.py --help)"),
+])
+def test_a_bad_argument_points_to_the_help_of_its_own_command(args, hint, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(args)
+    assert exit_.value.code == 2  # argparse's status for a usage error
+    assert capsys.readouterr().err.endswith(f" {hint}\n")
+
+
+def test_evaluate_json_prints_each_checkpoints_line_as_soon_as_it_is_scored(monkeypatch):
+    # stdout as a pipe has it: buffered, so a line is out only once it is flushed
+    out = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out, encoding="utf-8"))
+    results = [{"checkpoint": "a.pt", "test_accuracy": 0.9}, {"checkpoint": "b.pt"}]
+
+    def scored_one_by_one(paths, device, data):
+        yield results[0]
+        assert out.getvalue() == b'{"checkpoint": "a.pt", "test_accuracy": 0.9}\n'
+        yield results[1]
+
+    monkeypatch.setattr(runs, "evaluate_checkpoints", scored_one_by_one)
+    assert cli.main(["evaluate", "--json", "a.pt", "b.pt", "--device", "cpu"]) == 0
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == results
+
+
+@pytest.mark.parametrize("flags, asked", [
+    ([], {"json_output": False, "compiled": None}),
+    (["--json", "--compile"], {"json_output": True, "compiled": True}),
+])
+def test_bench_passes_its_flags_on(flags, asked, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench, "print_bench", lambda **kwargs: calls.append(kwargs))
+    assert cli.main(["bench", *flags]) == 0
+    assert calls == [asked]
 
 
 def test_bad_checkpoint_through_the_real_command_line(tmp_path):
