@@ -4,6 +4,7 @@ import io
 import json
 import os
 import pty
+import re
 import struct
 import subprocess
 import sys
@@ -40,6 +41,7 @@ def smoke_checkpoint(tmp_path_factory, data_root):
 def test_train_smoke_reports_test_accuracy_and_saves_both_checkpoints(smoke_checkpoint):
     out, stdout = smoke_checkpoint
     assert "epoch   1/1" in stdout and "test accuracy on 1,000 images" in stdout
+    assert re.search(r"^trained 1 epochs in \d+\.\d min$", stdout, re.MULTILINE), stdout
     assert "(~0 min left)" in stdout  # the time left in the run, after each epoch
     assert out.is_file() and out.with_name("smoke-last.pt").is_file()
     assert list((out.parent / "runs").glob("original-b16-*-smoke-*/events.out.tfevents.*"))
@@ -76,6 +78,8 @@ def test_a_final_fit_reports_its_last_epoch_only(tmp_path, data_root):
                      "--out", str(out), "--runs", str(tmp_path / "runs"), "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "final fit: the validation images are in the training set" in result.stdout
+    assert re.search(r"^trained 1 epochs on all [\d,]+ training images in \d+\.\d min$",
+                     result.stdout, re.MULTILINE), result.stdout
     last_line = result.stdout.strip().splitlines()[-1]
     assert last_line.startswith("test accuracy on 1,000 images: ") and "best" not in last_line
     assert last_line.endswith(str(tmp_path / "final-last.pt"))
