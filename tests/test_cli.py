@@ -88,6 +88,25 @@ def test_a_final_fit_reports_its_last_epoch_only(tmp_path, data_root):
     assert list((tmp_path / "runs").glob("original-fast-b128-*-final-smoke-*"))
 
 
+@pytest.mark.parametrize("flags, report, printed", [
+    ([], {"epochs": 7, "minutes": 1.54, "stopped_early": True, "test_images": 1000,
+          "train_images": 800, "last": (0.25, 0.91, "a-last.pt"), "best": (0.22, 0.92, "a.pt"),
+          "best_epoch": 5},
+     "trained 7 epochs in 1.5 min (early stop)\n"
+     "test accuracy on 1,000 images: last 91.00% (loss 0.2500) -> a-last.pt; "
+     "best 92.00% (loss 0.2200, epoch 5) -> a.pt\n"),
+    (["--fast", "--final-fit"], {"epochs": 3, "minutes": 2.0, "stopped_early": False,
+                                 "test_images": 10000, "train_images": 60000,
+                                 "last": (0.2, 0.931, "f-last.pt")},
+     "trained 3 epochs on all 60,000 training images in 2.0 min\n"
+     "test accuracy on 10,000 images: 93.10% (loss 0.2000) -> f-last.pt\n"),
+])
+def test_train_prints_what_the_run_reports(flags, report, printed, monkeypatch, capsys):
+    monkeypatch.setattr(runs, "train", lambda *args, **kwargs: report)
+    assert cli.main(["train", "--smoke", "--device", "cpu", *flags]) == 0
+    assert capsys.readouterr().out == printed
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "--epochs", "0"], "argument --epochs: must be at least 1"),
     (["train", "--batch-size", "sixteen"],
