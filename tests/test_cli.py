@@ -131,6 +131,15 @@ def test_bad_input_exits_with_one_clear_line(args, message, capsys):
     assert "Traceback" not in stderr
 
 
+def test_help_names_the_program_and_says_what_it_is_for(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--help"])
+    assert exit_.value.code == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("usage: helpers.py ")
+    assert "\nFashion-MNIST course: train and evaluate.\n" in shown
+
+
 @pytest.mark.parametrize("args, hint", [
     (["train", "--epochs", "0"], "(see: python helpers.py train --help)"),
     (["frobnicate"], "(see: python helpers.py --help)"),
