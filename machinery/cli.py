@@ -82,7 +82,8 @@ def make_parser() -> argparse.ArgumentParser:
     """The `python helpers.py` parser, with its three commands."""
     parser = OneLineParser(prog="helpers.py",
                            description="Fashion-MNIST course: train and evaluate.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    # argparse makes the commands' parsers of the parser's own class: one-line errors too
+    commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a network end to end and report test accuracy")
     train.set_defaults(run=train_command)
     train.add_argument("--model",

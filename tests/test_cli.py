@@ -140,6 +140,14 @@ def test_help_names_the_program_and_says_what_it_is_for(capsys):
     assert "\nFashion-MNIST course: train and evaluate.\n" in shown
 
 
+def test_no_command_asks_for_one_in_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("error: the following arguments are required: command "
+                                       "(see: python helpers.py --help)\n")
+
+
 @pytest.mark.parametrize("args, hint", [
     (["train", "--epochs", "0"], "(see: python helpers.py train --help)"),
     (["frobnicate"], "(see: python helpers.py --help)"),
