@@ -148,6 +148,17 @@ def test_no_command_asks_for_one_in_one_line(capsys):
                                        "(see: python helpers.py --help)\n")
 
 
+def test_ctrl_c_says_how_to_carry_on_and_exits_130(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "train", interrupted)
+    assert cli.main(["train", "--smoke", "--device", "cpu"]) == 130  # as a shell reports Ctrl-C
+    assert capsys.readouterr().err == (
+        "interrupted: the checkpoints written so far are intact "
+        "(continue with: python helpers.py train --resume NAME-last.pt)\n")
+
+
 @pytest.mark.parametrize("args, hint", [
     (["train", "--epochs", "0"], "(see: python helpers.py train --help)"),
     (["frobnicate"], "(see: python helpers.py --help)"),
