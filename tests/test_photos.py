@@ -3,7 +3,8 @@ and rotation tags must read like the plain 8-bit photo of the same real test ima
 no garment, or a file that is not a usable image, gets a clear error and the file is left as it was.
 
 Each fixture is made here from a real Fashion-MNIST test image: inverted (a dark garment on white,
-as a photo shows it), enlarged, with margins, then saved in the mode under test."""
+as a photo shows it), enlarged, with margins, then saved in the mode under test. What predict() is
+given (as_image_batch) is checked here too."""
 import numpy as np
 import pytest
 import torch
@@ -205,6 +206,36 @@ def test_the_exif_orientation_tag_is_followed(garment, tmp_path, orientation, ki
         reads_like(path, reference, "I;16")
 
 
+def as_bytes(image: torch.Tensor) -> np.ndarray:
+    """A real image (1x28x28, 0-1) as the 8-bit pixels it was stored as."""
+    return np.uint8(np.round(image.squeeze(0).numpy() * 255))
+
+
+def test_a_picture_in_fashion_mnist_style_comes_back_pixel_for_pixel(small_sets, tmp_path):
+    """A garment as tall as its 28x28 frame and centred in it is neither cropped nor scaled: light
+    on black (the dataset's style) or dark on white (its photo), every grey level comes back."""
+    _, _, test_set = small_sets
+    image, _ = test_set[6]  # a coat, rows 0-27, columns 4-23
+    framed = np.pad(as_bytes(image), 1)  # a one-pixel black frame: the background to read
+    Image.fromarray(framed).save(tmp_path / "light.png")
+    Image.fromarray(255 - framed).save(tmp_path / "dark.png")
+    assert torch.equal(helpers.load_photo(tmp_path / "light.png"), image)
+    assert torch.equal(helpers.load_photo(tmp_path / "dark.png"), image)
+
+
+def test_a_dim_garment_is_stretched_to_white_in_exact_proportion(small_sets, tmp_path):
+    """Its brightest shade becomes white and the others keep their proportion, to the nearest
+    level: the coat in two dim shades, 34 and 29 of 255, comes back as 255 and 218 (29/34 of 255
+    is 217.5, which goes to the even level, as numpy rounds)."""
+    _, _, test_set = small_sets
+    image, _ = test_set[6]
+    dim = np.select([image[0] > 0.5, image[0] > 0.1], [34, 29], 0).astype(np.uint8)
+    Image.fromarray(np.pad(dim, 1)).save(tmp_path / "dim.png")
+    expected = np.select([dim == 34, dim == 29], [255, 218], 0).astype(np.float32) / 255
+    assert torch.equal(helpers.load_photo(tmp_path / "dim.png"),
+                       torch.from_numpy(expected).unsqueeze(0))
+
+
 EMPTY = {
     "16-bit grey": (lambda: Image.fromarray(np.full((60, 80), 40000, np.uint16)), "png"),
     "32-bit integer, bright": (lambda: Image.fromarray(np.full((60, 80), 3 << 28, np.int32)),
@@ -243,3 +274,23 @@ def test_bad_files_get_an_actionable_error_and_are_left_as_they_were(garment, tm
     with pytest.raises(ValueError, match="scan.tif is too large to open .*shrink it"):
         helpers.load_photo(tmp_path / "scan.tif")
     assert (tmp_path / "scan.tif").read_bytes() == whole
+
+
+# ---- What predict() is given ---------------------------------------------------------------------
+
+def test_images_in_any_layout_become_a_float_batch_of_the_same_pixels(small_sets):
+    """predict() takes what people have: one image or a batch, with or without its channel, a
+    tensor or a numpy array, 0-1 floats (numpy's image / 255 is float64) or 0-255 bytes."""
+    _, _, test_set = small_sets
+    batch = torch.stack([test_set[0][0], test_set[1][0]])  # [2, 1, 28, 28]
+    as_numpy_bytes = np.stack([as_bytes(image) for image in batch])  # [2, 28, 28]
+    for given, expected in [(batch[0, 0], batch[:1]),  # [28, 28]
+                            (batch[0], batch[:1]),  # [1, 28, 28]
+                            (batch[:, 0], batch),  # [2, 28, 28]: two images, no channel
+                            (batch, batch),
+                            (as_numpy_bytes, batch),
+                            (as_numpy_bytes / 255, batch)]:
+        images = helpers.as_image_batch(given)
+        assert images.dtype == torch.float32 and torch.equal(images, expected)
+    classes, _ = helpers.predict(helpers.FMnistCNN(), as_numpy_bytes / 255)
+    assert classes.shape == (2,)
