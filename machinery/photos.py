@@ -17,6 +17,7 @@ def as_image_batch(images: torch.Tensor) -> torch.Tensor:
         images = images.float() / 255
     elif not images.is_floating_point():
         raise ValueError(f"images must be float (0-1) or uint8 (0-255), got dtype {images.dtype}")
+    images = images.float()  # the networks' dtype: numpy's image / 255 is float64
     if images.dim() == 2:
         images = images.unsqueeze(0)
     if images.dim() == 3:
@@ -61,7 +62,9 @@ def load_photo(path: Path | str) -> torch.Tensor:
     square = np.zeros((side, side), dtype=np.float32)
     top, left = (side - garment.shape[0]) // 2, (side - garment.shape[1]) // 2
     square[top:top + garment.shape[0], left:left + garment.shape[1]] = garment
-    small = Image.fromarray(np.uint8(square * 255)).resize((28, 28), Image.Resampling.LANCZOS)
+    # rounded, not truncated: float32 puts an inverted photo's levels a hair under a whole number
+    small = Image.fromarray(np.uint8(np.round(square * 255))).resize(
+        (28, 28), Image.Resampling.LANCZOS)
     return torch.from_numpy(np.asarray(small, dtype=np.float32) / 255).unsqueeze(0)
 
 
