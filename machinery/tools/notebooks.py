@@ -30,8 +30,7 @@ NAME_PATTERN = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
 def setup_cell(repository: str, version: str) -> str:
     """The first code cell of every notebook: helpers.py importable in Colab and in Jupyter
     alike."""
-    # Long lines allowed (the noqa at the template's end): the setup cell is copied into every
-    # committed notebook, so it is rewrapped only together with them.
+    # Copied into every committed notebook by `sync`: rewrap it only together with them.
     return f'''\
 # Setup: make the course's helpers.py importable, in Colab and in Jupyter alike.
 import os, shutil, subprocess, sys, time, zipfile
@@ -39,7 +38,8 @@ from pathlib import Path
 
 notebook_start = time.perf_counter()
 COURSE_REPO = os.environ.get("FMNIST_COURSE_REPO", "{repository}")
-COURSE_REF = os.environ.get("FMNIST_COURSE_REF", "{version}")  # the version these notebooks belong to
+# the version these notebooks belong to
+COURSE_REF = os.environ.get("FMNIST_COURSE_REF", "{version}")
 COURSE_ZIP = "{ARCHIVE_NAME}"  # or the course as an archive, in Colab's Files panel or on Drive
 
 class CourseNotFound(Exception):
@@ -47,7 +47,8 @@ class CourseNotFound(Exception):
         return [f"CourseNotFound: {{self}}"]
 
 def find_course_root():
-    return next((p for p in (Path.cwd(), *Path.cwd().parents) if (p / "helpers.py").is_file()), None)
+    folders = (Path.cwd(), *Path.cwd().parents)
+    return next((p for p in folders if (p / "helpers.py").is_file()), None)
 
 def fetch_course(folder="fashion-mnist-cnn"):
     """Colab: unpack the course's archive when there is one, else fetch the course at COURSE_REF."""
@@ -56,23 +57,27 @@ def fetch_course(folder="fashion-mnist-cnn"):
             zipfile.ZipFile(archive).extractall(".")  # it holds fashion-mnist-cnn/
             return
     git = ["git", "-C", folder]  # a tag or a commit: init, fetch that one version, check it out
-    for step in (["git", "init", "--quiet", folder], git + ["fetch", "--quiet", "--depth", "1", COURSE_REPO, COURSE_REF],
+    for step in (["git", "init", "--quiet", folder],
+                 git + ["fetch", "--quiet", "--depth", "1", COURSE_REPO, COURSE_REF],
                  git + ["checkout", "--quiet", "FETCH_HEAD"]):
         if subprocess.run(step, capture_output=True).returncode != 0:
             shutil.rmtree(folder, ignore_errors=True)
-            raise CourseNotFound(f"could not fetch {{COURSE_REPO}} at {{COURSE_REF}}. Ask your instructor for the "
-                                 f"course's address, or upload {{COURSE_ZIP}} to Colab's Files panel, then run this cell again.")
+            raise CourseNotFound(f"could not fetch {{COURSE_REPO}} at {{COURSE_REF}}. Ask your "
+                                 f"instructor for the course's address, or upload {{COURSE_ZIP}} "
+                                 f"to Colab's Files panel, then run this cell again.")
 
 if find_course_root() is None and "google.colab" in sys.modules:
     # Colab opens a notebook on its own: fetch the course next to it, at this notebook's version.
-    # torch, torchvision, tensorboard and numpy are already installed there, so nothing is reinstalled.
+    # torch, torchvision, tensorboard and numpy are already installed there: nothing is
+    # reinstalled.
     if not Path("fashion-mnist-cnn").is_dir():
         fetch_course()
     os.chdir("fashion-mnist-cnn/notebooks")
 COURSE_ROOT = find_course_root()
 if COURSE_ROOT is None:
-    raise RuntimeError("helpers.py not found: open this notebook from the course's notebooks/ folder")
-sys.path.insert(0, str(COURSE_ROOT))'''  # noqa: E501
+    raise RuntimeError("helpers.py not found: open this notebook from the course's "
+                       "notebooks/ folder")
+sys.path.insert(0, str(COURSE_ROOT))'''
 
 
 SETUP_CELL = setup_cell(ADDRESS["repository"], ADDRESS["version"])
