@@ -89,11 +89,16 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
 )}
 
 
+# Smoke mode (the tests, CI): every code path of a run, on this many training, validation and test
+# images, for two epochs -- enough for every line to run, small enough for the suite's budget.
+SMOKE_SIZES = {"train_size": 2000, "valid_size": 500, "test_size": 500}
+
+
 def smoke_sized(recipe: Recipe, smoke: bool | None = None) -> Recipe:
-    """The recipe; in smoke mode (smoke=None: as FMNIST_SMOKE says) a few thousand images and two
+    """The recipe; in smoke mode (smoke=None: as FMNIST_SMOKE says) SMOKE_SIZES images and two
     epochs."""
     if smoke_mode() if smoke is None else smoke:
-        recipe = replace(recipe, epochs=2, train_size=4000, valid_size=1000, test_size=1000)
+        recipe = replace(recipe, epochs=2, **SMOKE_SIZES)
     return recipe
 
 

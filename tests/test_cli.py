@@ -17,6 +17,8 @@ import torch.nn as nn
 import helpers
 from machinery import bench, cli, recipes, runs
 
+SMOKE_TEST_IMAGES = recipes.SMOKE_SIZES["test_size"]
+
 HELPERS = str(helpers.REPO_ROOT / "helpers.py")
 
 
@@ -40,7 +42,7 @@ def smoke_checkpoint(tmp_path_factory, data_root):
 
 def test_train_smoke_reports_test_accuracy_and_saves_both_checkpoints(smoke_checkpoint):
     out, stdout = smoke_checkpoint
-    assert "epoch   1/1" in stdout and "test accuracy on 1,000 images" in stdout
+    assert "epoch   1/1" in stdout and f"test accuracy on {SMOKE_TEST_IMAGES:,} images" in stdout
     assert re.search(r"^trained 1 epochs in \d+\.\d min$", stdout, re.MULTILINE), stdout
     assert "(~0 min left)" in stdout  # the time left in the run, after each epoch
     assert out.is_file() and out.with_name("smoke-last.pt").is_file()
@@ -81,7 +83,8 @@ def test_a_final_fit_reports_its_last_epoch_only(tmp_path, data_root):
     assert re.search(r"^trained 1 epochs on all [\d,]+ training images in \d+\.\d min$",
                      result.stdout, re.MULTILINE), result.stdout
     last_line = result.stdout.strip().splitlines()[-1]
-    assert last_line.startswith("test accuracy on 1,000 images: ") and "best" not in last_line
+    assert last_line.startswith(f"test accuracy on {SMOKE_TEST_IMAGES:,} images: ")
+    assert "best" not in last_line
     assert last_line.endswith(str(tmp_path / "final-last.pt"))
     assert helpers.read_checkpoint(tmp_path / "final-last.pt")["settings"]["final_fit"]
     assert not out.exists()  # no "best" epoch without held-out validation

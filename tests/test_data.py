@@ -9,6 +9,7 @@ import torch
 
 import helpers
 from machinery import dataset
+from machinery.recipes import SMOKE_SIZES
 
 # Restated from COURSE.md on purpose: a typo in dataset.RAW_SHA256 must fail a test.
 COURSE_SHA256 = {
@@ -69,7 +70,7 @@ def test_a_final_fit_trains_on_the_validation_images_too(data_root):
 def test_smoke_subsets_are_small_and_drawn_from_the_same_split(data_root):
     full_train, _, _ = helpers.load_datasets(helpers.course_settings(smoke=False), root=data_root)
     train, valid, test = helpers.load_datasets(helpers.course_settings(smoke=True), root=data_root)
-    assert (len(train), len(valid), len(test)) == (4000, 1000, 1000)
+    assert (len(train), len(valid), len(test)) == tuple(SMOKE_SIZES.values())
     assert torch.equal(train[7][0], full_train[7][0])
 
 
@@ -90,7 +91,7 @@ def test_debian_gz_copy_is_decompressed_into_torchvision_layout(tmp_path, data_r
         pytest.fail("Debian's dataset-fashion-mnist is not installed: .ci/run installs it")
     root = helpers.prepare_data(tmp_path / "data")
     train, _, _ = helpers.load_datasets(helpers.course_settings(smoke=True), root=root)
-    assert len(train) == 4000
+    assert len(train) == SMOKE_SIZES["train_size"]
     assert not list((root / "FashionMNIST" / "raw").glob(".*.tmp"))
 
 

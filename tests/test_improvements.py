@@ -9,6 +9,7 @@ import torch.nn as nn
 
 import helpers
 from machinery import engine
+from machinery.recipes import SMOKE_SIZES
 
 
 def test_the_improved_network_stays_under_300k_parameters_and_is_deterministic_in_eval():
@@ -30,7 +31,7 @@ def test_the_improved_network_stays_under_300k_parameters_and_is_deterministic_i
 def test_every_recipe_is_valid_and_smoke_mode_only_shrinks_it(recipe):
     full = helpers.course_settings(smoke=False, recipe=recipe)
     smoke = helpers.course_settings(smoke=True, recipe=recipe)
-    assert smoke.epochs == 2 and smoke.train_size == 4000
+    assert smoke.epochs == 2 and smoke.train_size == SMOKE_SIZES["train_size"] < 50_000
     assert dataclasses.replace(smoke, epochs=full.epochs, train_size=None, valid_size=None,
                                test_size=None) == full
 

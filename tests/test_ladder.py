@@ -4,7 +4,7 @@ import dataclasses
 
 import helpers
 from machinery import engine
-from machinery.recipes import LADDER, RECIPES, ladder_recipes
+from machinery.recipes import LADDER, RECIPES, SMOKE_SIZES, ladder_recipes
 
 # ---- the ladder ----------------------------------------------------------------------------------
 
@@ -36,7 +36,7 @@ def test_smoke_mode_shrinks_every_rung_alike(monkeypatch):
     full, smoke = ladder_recipes(smoke=False), ladder_recipes(smoke=True)
     for big, small in zip(full, smoke):
         assert ((small.epochs, small.train_size, small.valid_size, small.test_size)
-                == (2, 4000, 1000, 1000))
+                == (2, *SMOKE_SIZES.values()))
         assert dataclasses.replace(small, epochs=big.epochs, train_size=None, valid_size=None,
                                    test_size=None) == big
     monkeypatch.setenv("FMNIST_SMOKE", "1")

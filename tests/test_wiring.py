@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, RandomSampler, Subset
 import helpers
 from machinery import cli, engine, recipes, runs
 from machinery.fast_path import DeviceLoader, dataset_tensors
+from machinery.recipes import SMOKE_SIZES
 
 
 class Spy:
@@ -314,7 +315,7 @@ def test_every_train_flag_reaches_the_run_and_each_set_its_role(wiring, data_roo
     assert last["model"] is wiring.trains[0]["model"] and best["model"] is not last["model"]
     saved = helpers.load_checkpoint(out)[0].state_dict()
     assert all(torch.equal(saved[k], v) for k, v in best["model"].state_dict().items())
-    assert "test accuracy on 1,000 images" in capsys.readouterr().out
+    assert f"test accuracy on {SMOKE_SIZES['test_size']:,} images" in capsys.readouterr().out
 
 
 def test_fast_and_compile_flags_reach_the_network_and_the_loaders(wiring, data_root, tmp_path,
@@ -373,7 +374,8 @@ def test_smoke_mode_comes_from_the_flag_or_the_environment(flag, env, smoke, dat
         main("train", *flag, "--data", str(data_root), "--device", "cpu")
     [run] = stopped_run
     sizes = (len(run["train_set"]), len(run["valid_set"]))
-    assert sizes == ((4000, 1000) if smoke else (50_000, 10_000))
+    assert sizes == ((SMOKE_SIZES["train_size"], SMOKE_SIZES["valid_size"]) if smoke
+                     else (50_000, 10_000))
     assert run["recipe"].epochs == (2 if smoke else 50)
     # a smoke run never writes over a real run's checkpoint
     assert run["best_path"].name == ("original-smoke.pt" if smoke else "original.pt")
