@@ -256,7 +256,7 @@ def test_every_drive_folder_is_the_one_stages_7_to_9_look_in(path):
 
 # Stages whose only training is a demonstration of seconds on a few hundred images (their recipes
 # set train_size): a runtime note would announce the full recipe's hour for nothing.
-SMALL_DEMOS = {"09_save_load.ipynb"}
+SMALL_DEMOS = {"09_save_load.ipynb", "09_save_load_solutions.ipynb"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
@@ -273,6 +273,19 @@ def test_a_stage_that_trains_a_recipe_checks_the_runtime_first(path):
     if trains:
         assert checks and checks[0] < trains[0], \
             f"{path.name} trains without printing runtime_note(device) first"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=[p.name for p in NOTEBOOKS + SOLUTIONS])
+def test_only_a_notebook_that_trains_asks_colab_for_a_gpu(path):
+    """Colab opens a notebook whose metadata asks for a GPU on one, from the student's free quota:
+    only those that train with the course's loop or runner (beyond a small demo) ask, for a T4."""
+    trains = path.name not in SMALL_DEMOS and any(
+        re.search(r"\b(train_one_epoch|fit|train_run)\(", code) for code in code_sources(path))
+    metadata = json.loads(path.read_text())["metadata"]
+    asks = {"accelerator": metadata.get("accelerator"),
+            "gpuType": metadata.get("colab", {}).get("gpuType")}
+    assert asks == ({"accelerator": "GPU", "gpuType": "T4"} if trains
+                    else {"accelerator": None, "gpuType": None}), path.name
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=[p.name for p in NOTEBOOKS + SOLUTIONS])
