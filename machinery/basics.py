@@ -74,15 +74,6 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def course_checkpoint(name: str = "original") -> Path:
-    """Your best checkpoint from stage 6 (on Google Drive, else in checkpoints/), otherwise the
-    course's reference."""
-    for folder in (DRIVE_CHECKPOINTS, CHECKPOINTS):
-        if (folder / f"{name}.pt").is_file():
-            return folder / f"{name}.pt"
-    return REFERENCE / f"{name}.pt"
-
-
 def describe_checkpoint(path: Path | str) -> str:
     """Where a checkpoint is and whose it is, for the notebooks that load one."""
     path = Path(path)

@@ -18,6 +18,14 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules
 
 
+def mount_drive() -> Path:
+    """Mount Google Drive at /content/drive (Colab asks for permission once a runtime); return the
+    course's checkpoint folder on it."""
+    from google.colab import drive
+    drive.mount(str(DRIVE_CHECKPOINTS.parents[2]))
+    return DRIVE_CHECKPOINTS
+
+
 def checkpoint_folder(keep_on_drive: bool, log=print) -> Path:
     """Where stage 6 saves checkpoints: Google Drive when asked and in Colab (mounted here), else
     checkpoints/."""
@@ -26,11 +34,24 @@ def checkpoint_folder(keep_on_drive: bool, log=print) -> Path:
     if not in_colab():
         log("not in Colab: the checkpoints stay in checkpoints/, on this machine's disk")
         return CHECKPOINTS
-    from google.colab import drive
-    drive.mount(str(DRIVE_CHECKPOINTS.parents[2]))  # /content/drive: Colab asks for permission once
-    DRIVE_CHECKPOINTS.mkdir(parents=True, exist_ok=True)
-    log("checkpoints go to My Drive/fashion-mnist-cnn/checkpoints: notebooks 7-9 find them there")
+    mount_drive().mkdir(parents=True, exist_ok=True)
+    log("checkpoints go to My Drive/fashion-mnist-cnn/checkpoints: notebooks 7-9 find them there "
+        "when their KEEP_ON_DRIVE is True too")
     return DRIVE_CHECKPOINTS
+
+
+def course_checkpoint(name: str = "original", keep_on_drive: bool = False, log=print) -> Path:
+    """Your best checkpoint from stage 6 -- on Google Drive when keep_on_drive says stage 6 kept it
+    there (mounted here, in Colab), else in checkpoints/ -- otherwise the course's reference."""
+    folders = [CHECKPOINTS]
+    if keep_on_drive and in_colab():
+        folders.insert(0, mount_drive())  # each notebook's runtime starts with Drive unmounted
+    elif keep_on_drive:
+        log("not in Colab: no Drive to look in, only checkpoints/ on this machine's disk")
+    for folder in folders:
+        if (folder / f"{name}.pt").is_file():
+            return folder / f"{name}.pt"
+    return REFERENCE / f"{name}.pt"
 
 
 def runtime_note(device: torch.device, *references: Path) -> str:

@@ -1,5 +1,6 @@
-"""Colab: checkpoints kept on Google Drive are found first, and a runtime without a GPU is told what
-training costs there and how to switch to a T4 -- with stand-ins for Colab and Drive, offline."""
+"""Colab: checkpoints kept on Google Drive are found first when the student says so, and a runtime
+without a GPU is told what training costs there and how to switch to a T4 -- with stand-ins for
+Colab and Drive, offline."""
 import sys
 import types
 
@@ -22,19 +23,30 @@ def folders(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def in_colab(monkeypatch):
-    """A stand-in google.colab whose drive.mount records where it mounted."""
+def in_colab(monkeypatch, folders):
+    """A stand-in google.colab whose drive.mount records where it mounted and only then makes My
+    Drive appear, with what the student keeps there (a fresh runtime starts unmounted)."""
+    drive_folder, _ = folders
+    my_drive = drive_folder.parents[1]
+    cloud = my_drive.parent / "cloud"  # the student's Drive, out of reach until mounted
+    (cloud / drive_folder.relative_to(my_drive)).mkdir(parents=True)
     mounted = []
+
+    def mount(where):
+        mounted.append(where)
+        if not my_drive.exists():
+            my_drive.symlink_to(cloud)
+
     package, drive = types.ModuleType("google.colab"), types.ModuleType("google.colab.drive")
-    drive.mount = mounted.append
+    drive.mount = mount
     package.drive = drive
     monkeypatch.setitem(sys.modules, "google.colab", package)
     monkeypatch.setitem(sys.modules, "google.colab.drive", drive)
     return mounted
 
 
-def test_notebooks_use_drive_then_your_run_then_the_reference(folders):
-    drive, local = folders
+def test_stages_7_to_9_use_your_run_then_the_reference(folders):
+    _, local = folders
     assert helpers.course_checkpoint("original") == helpers.REFERENCE / "original.pt"
     assert (helpers.describe_checkpoint(helpers.course_checkpoint("original"))
             == "reference/original.pt (the course's reference)")
@@ -43,12 +55,34 @@ def test_notebooks_use_drive_then_your_run_then_the_reference(folders):
     assert helpers.course_checkpoint("original") == local / "original.pt"
     assert (helpers.describe_checkpoint(local / "original.pt")
             == "checkpoints/original.pt (yours, from stage 6)")
-    drive.mkdir(parents=True)
-    (drive / "original.pt").write_bytes(b"")
-    assert helpers.course_checkpoint("original") == drive / "original.pt"
+    said = []  # outside Colab the switch finds no Drive, and says so
+    assert helpers.course_checkpoint("original", keep_on_drive=True, log=said.append) == \
+        local / "original.pt"
+    assert "not in Colab" in said[0]
+
+
+def test_a_checkpoint_kept_on_drive_is_found_on_a_fresh_runtime_only_when_asked(folders,
+                                                                                in_colab):
+    drive, local = folders
+    saved_by_stage_6 = drive.parents[2] / "cloud" / drive.relative_to(drive.parents[1])
+    (saved_by_stage_6 / "original.pt").write_bytes(b"")
+    local.mkdir(parents=True)
+    (local / "original.pt").write_bytes(b"")
+    # a student who never chose Drive is never asked to mount it
+    assert helpers.course_checkpoint("original") == local / "original.pt" and not in_colab
+    assert not drive.exists()
+    # KEEP_ON_DRIVE = True: Drive is mounted first, and the checkpoint on it wins
+    assert helpers.course_checkpoint("original", keep_on_drive=True) == drive / "original.pt"
+    assert in_colab == [str(drive.parents[2])]
     assert helpers.describe_checkpoint(drive / "original.pt") == (
         "My Drive/fashion-mnist-cnn/checkpoints/original.pt (yours, from stage 6, "
         "kept on Google Drive)")
+    # nothing on Drive: your local run, then the reference
+    (saved_by_stage_6 / "original.pt").unlink()
+    assert helpers.course_checkpoint("original", keep_on_drive=True) == local / "original.pt"
+    (local / "original.pt").unlink()
+    assert (helpers.course_checkpoint("original", keep_on_drive=True)
+            == helpers.REFERENCE / "original.pt")
 
 
 def test_checkpoints_go_to_drive_only_when_asked_and_in_colab(folders, monkeypatch, in_colab):
@@ -57,6 +91,7 @@ def test_checkpoints_go_to_drive_only_when_asked_and_in_colab(folders, monkeypat
     said = []
     assert colab.checkpoint_folder(True, log=said.append) == drive and drive.is_dir()
     assert in_colab == [str(drive.parents[2])] and "notebooks 7-9" in said[0]
+    assert "KEEP_ON_DRIVE" in said[0]
     monkeypatch.delitem(sys.modules, "google.colab")
     assert colab.checkpoint_folder(True, log=said.append) == local and "not in Colab" in said[-1]
 

@@ -276,6 +276,17 @@ def test_a_stage_that_trains_a_recipe_checks_the_runtime_first(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=[p.name for p in NOTEBOOKS + SOLUTIONS])
+def test_a_notebook_that_loads_your_checkpoint_has_stage_6s_drive_switch(path):
+    """On a fresh runtime Drive is unmounted: a checkpoint kept there is found only by a notebook
+    that mounts it, as KEEP_ON_DRIVE asks (False until the student sets it, as in stage 6)."""
+    code = "\n".join(code_sources(path))
+    calls = re.findall(r"course_checkpoint\(([^)]*)\)", code)
+    if calls:
+        assert "KEEP_ON_DRIVE = False  #" in code, path.name
+        assert all(arguments.endswith(", KEEP_ON_DRIVE") for arguments in calls), (path.name, calls)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=[p.name for p in NOTEBOOKS + SOLUTIONS])
 def test_only_a_notebook_that_trains_asks_colab_for_a_gpu(path):
     """Colab opens a notebook whose metadata asks for a GPU on one, from the student's free quota:
     only those that train with the course's loop or runner (beyond a small demo) ask, for a T4."""

@@ -166,9 +166,8 @@ MUTANTS = [
            "Image.fromarray(np.uint8(measured) * 255)",
            "Image.fromarray(np.uint8(measured | True) * 255)", ("tests/test_photos.py",)),
     # Colab
-    Mutant("notebooks 7-9 never look on Drive", "machinery/basics.py",
-           "for folder in (DRIVE_CHECKPOINTS, CHECKPOINTS):", "for folder in (CHECKPOINTS,):",
-           ("tests/test_colab.py",)),
+    Mutant("notebooks 7-9 mount Drive but never look on it", "machinery/colab.py",
+           "folders.insert(0, mount_drive())", "mount_drive()", ("tests/test_colab.py",)),
     Mutant("setup cell fetches the moving branch", "machinery/tools/notebooks.py",
            "COURSE_REPO, COURSE_REF],", 'COURSE_REPO, "main"],', ("tests/test_notebooks.py",)),
 ]
