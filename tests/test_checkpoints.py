@@ -1,9 +1,13 @@
 """Stage 9: checkpoints round-trip exactly, are written atomically, and bad ones fail clearly."""
+import datetime
+import zipfile
+
 import pytest
 import torch
 import torch.nn as nn
 
 import helpers
+from machinery.checkpoint_file import why_unreadable
 from original_notebook import FMnist_CNN
 
 
@@ -31,6 +35,14 @@ def test_round_trip_gives_identical_logits(tmp_path):
     assert meta["epoch"] == 3 and meta["metrics"] == {"valid_accuracy": 0.5}
     assert meta["architecture"] == "FMnistCNN" and meta["torch_version"] == str(torch.__version__)
     assert meta["classes"] == list(helpers.CLASSES)
+    saved_at = datetime.datetime.strptime(meta["saved_at"], "%Y-%m-%d %H:%M:%S")
+    assert abs(datetime.datetime.now() - saved_at) < datetime.timedelta(minutes=5)
+
+
+def test_a_checkpoint_goes_into_folders_that_do_not_exist_yet(tmp_path):
+    path = tmp_path / "runs" / "today" / "best.pt"  # e.g. a fresh Drive or checkpoints/ folder
+    helpers.save_checkpoint(path, trained_a_little(), epoch=2)
+    assert helpers.load_checkpoint(path)[1]["epoch"] == 2
 
 
 def test_a_state_dict_saved_by_the_original_notebook_loads(tmp_path):
@@ -39,6 +51,7 @@ def test_a_state_dict_saved_by_the_original_notebook_loads(tmp_path):
     torch.save(original.state_dict(), tmp_path / "last_checkpoint.pth")  # as the original did
     loaded, meta = helpers.load_checkpoint(tmp_path / "last_checkpoint.pth")
     assert meta["model"] == "original" and meta["format"] == "bare state_dict"
+    assert meta["epoch"] is None and meta["metrics"] == {}  # what notebooks 7-9 print from
     for (name, ours), theirs in zip(loaded.state_dict().items(), original.state_dict().values()):
         assert torch.equal(ours, theirs), name
 
@@ -71,24 +84,58 @@ def test_truncated_checkpoint_names_the_file(tmp_path):
         helpers.load_checkpoint(path)
 
 
+NOT_A_ZIP = "torch.save writes a zip archive and this file is not one (a text file? an image?)"
+
+
 @pytest.mark.parametrize("content, reason", [
     (b"", "the file is empty"),
-    (b"hello, I am a text file\n", "this file is not one"),
-    (bytes(range(256)) * 10, "this file is not one"),
+    (b"hello, I am a text file\n", NOT_A_ZIP),
+    (bytes(range(256)) * 10, NOT_A_ZIP),
 ])
 def test_files_that_are_not_checkpoints_are_refused(tmp_path, content, reason):
     path = tmp_path / "notes.pt"
     path.write_bytes(content)
-    with pytest.raises(helpers.CheckpointError,
-                       match=f"notes.pt is not a readable PyTorch checkpoint: .*{reason}"):
+    with pytest.raises(helpers.CheckpointError) as refused:
         helpers.load_checkpoint(path)
+    assert str(refused.value) == f"{path} is not a readable PyTorch checkpoint: {reason}"
+
+
+def torch_says(path) -> str:
+    """The first line of torch's own error for a file it cannot load."""
+    with pytest.raises(Exception) as error:
+        torch.load(path, weights_only=True)
+    return str(error.value).strip().splitlines()[0]
+
+
+def test_an_old_style_pickle_and_a_foreign_zip_are_refused_in_torchs_words(tmp_path):
+    """Files that look like a checkpoint (an old torch's pickle, a zip archive) but do not load:
+    the student reads torch's own reason, not a guess."""
+    old_style = tmp_path / "old.pt"
+    old_style.write_bytes(b"\x80\x02}q\x00X\x01")  # a pickle's header, cut short
+    archive = tmp_path / "notes.zip"
+    with zipfile.ZipFile(archive, "w") as opened:
+        opened.writestr("notes.txt", "not a checkpoint")
+    for path in (old_style, archive):
+        with pytest.raises(helpers.CheckpointError) as refused:
+            helpers.load_checkpoint(path)
+        assert str(refused.value) == (f"{path} is not a readable PyTorch checkpoint: "
+                                      f"{torch_says(path)}")
+    # any other error: its first line, at most 200 characters, or its type when it says nothing
+    assert why_unreadable(archive, RuntimeError("first line\nsecond line")) == "first line"
+    assert why_unreadable(archive, RuntimeError("x" * 300)) == "x" * 200
+    assert why_unreadable(archive, RuntimeError("  ")) == "RuntimeError"
 
 
 def test_pickled_code_is_refused_without_running_it(tmp_path):
     # pickles the class, not just tensors
-    torch.save({"model": nn.Linear(2, 2)}, tmp_path / "whole-module.pt")
-    with pytest.raises(helpers.CheckpointError, match="safe \\(weights-only\\) loading refuses"):
-        helpers.load_checkpoint(tmp_path / "whole-module.pt")
+    path = tmp_path / "whole-module.pt"
+    torch.save({"model": nn.Linear(2, 2)}, path)
+    with pytest.raises(helpers.CheckpointError) as refused:
+        helpers.load_checkpoint(path)
+    assert str(refused.value) == (
+        f"{path} is not a readable PyTorch checkpoint: it holds Python objects that safe "
+        f"(weights-only) loading refuses: not a course checkpoint or a state_dict; never load "
+        f"such files from sources you do not trust")
 
 
 def test_a_shape_mismatch_names_the_layer(tmp_path):
@@ -109,11 +156,36 @@ def test_other_objects_are_refused(tmp_path):
 def test_another_architecture_is_refused_with_the_mismatch(tmp_path):
     other = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
     torch.save(other.state_dict(), tmp_path / "mlp.pt")
-    with pytest.raises(helpers.CheckpointError,
-                       match=r"mlp\.pt does not fit the 'original' network \(FMnistCNN\): "
-                             r"30 missing keys \(conv_block1\.0\.weight.*"
-                             r"2 unexpected keys \(1\.weight, 1\.bias\)"):
+    with pytest.raises(helpers.CheckpointError) as refused:
         helpers.load_checkpoint(tmp_path / "mlp.pt")
+    first_three = ", ".join(list(helpers.build_model("original").state_dict())[:3])
+    assert str(refused.value) == (
+        f"{tmp_path / 'mlp.pt'} does not fit the 'original' network (FMnistCNN): "
+        f"30 missing keys ({first_three}, ...); 2 unexpected keys (1.weight, 1.bias)")
+    # one key: said in the singular, and named
+    state = helpers.build_model("original").state_dict()
+    del state["linear2.bias"]
+    torch.save(state, tmp_path / "one-short.pt")
+    with pytest.raises(helpers.CheckpointError) as refused:
+        helpers.load_checkpoint(tmp_path / "one-short.pt")
+    assert str(refused.value) == (f"{tmp_path / 'one-short.pt'} does not fit the 'original' "
+                                  f"network (FMnistCNN): 1 missing key (linear2.bias)")
+
+
+@pytest.mark.parametrize("extra, listed", [(3, "a, b, c"), (4, "a, b, c, ...")])
+def test_a_mismatch_lists_three_names_at_most(tmp_path, extra, listed):
+    state = helpers.build_model("original").state_dict()
+    state.update({name: torch.zeros(1) for name in "abcd"[:extra]})
+    for name in ("linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias"):
+        state[name] = torch.zeros(7)  # four layers of the wrong shape: three are named
+    torch.save(state, tmp_path / "odd.pt")
+    with pytest.raises(helpers.CheckpointError) as refused:
+        helpers.load_checkpoint(tmp_path / "odd.pt")
+    assert str(refused.value) == (
+        f"{tmp_path / 'odd.pt'} does not fit the 'original' network (FMnistCNN): "
+        f"{extra} unexpected keys ({listed}); linear1.weight is [7] in the file but [128, 1152] "
+        f"in the network; linear1.bias is [7] in the file but [128] in the network; "
+        f"linear2.weight is [7] in the file but [10, 128] in the network")
 
 
 def test_a_network_the_course_does_not_know_needs_one_passed_in(tmp_path):
