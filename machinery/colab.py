@@ -34,10 +34,11 @@ def checkpoint_folder(keep_on_drive: bool, log=print) -> Path:
     if not in_colab():
         log("not in Colab: the checkpoints stay in checkpoints/, on this machine's disk")
         return CHECKPOINTS
-    mount_drive().mkdir(parents=True, exist_ok=True)
+    folder = mount_drive()
+    folder.mkdir(parents=True, exist_ok=True)
     log("checkpoints go to My Drive/fashion-mnist-cnn/checkpoints: notebooks 7-9 find them there "
         "when their KEEP_ON_DRIVE is True too")
-    return DRIVE_CHECKPOINTS
+    return folder
 
 
 def course_checkpoint(name: str = "original", keep_on_drive: bool = False, log=print) -> Path:
