@@ -1,9 +1,9 @@
 """What the notebooks teach, in the order of the stages: data, the network, loss and optimizer, the
 training loop, prediction, checkpoints. Each function here is written out in the notebook that
-teaches it (notebook 6's train_one_epoch, evaluate, EarlyStopping and fit are this very code: a
-test compares them). What students never need to read (dataset integrity, the checkpoint file,
-the course's runner with resume, mixed precision and one-cycle, the command line) is in
-`machinery/`."""
+teaches it (notebook 6's train_one_epoch, evaluate, EarlyStopping and fit, and notebook 7's
+feature_maps and occlusion_map, are this very code: a test compares them). What students never
+need to read (dataset integrity, the checkpoint file, the course's runner with resume, mixed
+precision and one-cycle, the command line) is in `machinery/`."""
 from __future__ import annotations
 
 import math
@@ -287,6 +287,50 @@ def predict_all(model: nn.Module, loader: DataLoader,
         predictions.append(model(images.to(device)).argmax(dim=1).cpu())
         labels.append(batch_labels.cpu())  # the fast path's labels live on the device
     return torch.cat(labels), torch.cat(predictions)
+
+
+# Notebook 7 writes feature_maps and occlusion_map as they are here, without the type hints.
+
+@torch.no_grad()
+def feature_maps(model: nn.Module, images: torch.Tensor, layers: dict[str, nn.Module],
+                 device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """What each named layer outputs for a batch of images, caught by forward hooks."""
+    model.eval()
+    maps = {}
+
+    def keep(name):
+        def hook(module, inputs, output):          # PyTorch calls it after module.forward
+            maps[name] = output.detach().cpu()
+        return hook
+
+    hooks = [layer.register_forward_hook(keep(name)) for name, layer in layers.items()]
+    try:
+        model(as_image_batch(images).to(device))
+    finally:
+        for hook in hooks:                         # a forgotten hook would run on every call
+            hook.remove()
+    return maps
+
+
+@torch.no_grad()
+def occlusion_map(model: nn.Module, image: torch.Tensor, target: int, patch: int = 4,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """How far class `target`'s probability falls when a patch x patch square around each pixel
+    is blacked out: [28, 28], the mean over the squares that cover the pixel."""
+    model.eval()
+    image = as_image_batch(image)[0]               # [1, 28, 28]
+    size = image.shape[-1]
+    corners = [(y, x) for y in range(size - patch + 1) for x in range(size - patch + 1)]
+    covered = image.repeat(len(corners), 1, 1, 1)  # one copy per square
+    for copy, (y, x) in zip(covered, corners):
+        copy[:, y:y + patch, x:x + patch] = 0      # 0 is the background's black
+    batch = torch.cat([image.unsqueeze(0), covered]).to(device)
+    probability = torch.softmax(model(batch), dim=1)[:, target].cpu()
+    drop, count = torch.zeros(size, size), torch.zeros(size, size)
+    for fall, (y, x) in zip(probability[0] - probability[1:], corners):
+        drop[y:y + patch, x:x + patch] += fall
+        count[y:y + patch, x:x + patch] += 1
+    return drop / count
 
 
 def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor,

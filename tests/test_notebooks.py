@@ -257,6 +257,9 @@ def test_every_drive_folder_is_the_one_stages_7_to_9_look_in(path):
 # Stages whose only training is a demonstration of seconds on a few hundred images (their recipes
 # set train_size): a runtime note would announce the full recipe's hour for nothing.
 SMALL_DEMOS = {"09_save_load.ipynb", "09_save_load_solutions.ipynb"}
+# Stages whose training is sized for a 2-core CPU (the baseline ladder: nine runs of 10,000 images,
+# minutes): a GPU would save a student little and cost their free quota.
+CPU_SIZED = {"08_evaluate.ipynb", "08_evaluate_solutions.ipynb"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
@@ -290,7 +293,7 @@ def test_a_notebook_that_loads_your_checkpoint_has_stage_6s_drive_switch(path):
 def test_only_a_notebook_that_trains_asks_colab_for_a_gpu(path):
     """Colab opens a notebook whose metadata asks for a GPU on one, from the student's free quota:
     only those that train with the course's loop or runner (beyond a small demo) ask, for a T4."""
-    trains = path.name not in SMALL_DEMOS and any(
+    trains = path.name not in SMALL_DEMOS | CPU_SIZED and any(
         re.search(r"\b(train_one_epoch|fit|train_run)\(", code) for code in code_sources(path))
     metadata = json.loads(path.read_text())["metadata"]
     asks = {"accelerator": metadata.get("accelerator"),
@@ -310,7 +313,9 @@ def test_sync_leaves_a_stamped_notebook_as_committed(path, tmp_path):
     assert course_notebooks.sync(copy) is False and copy.read_bytes() == path.read_bytes()
 
 
-TAUGHT_IN_STAGE_6 = ("train_one_epoch", "evaluate", "EarlyStopping", "fit")
+# what a notebook writes out in full and helpers.py holds too, for the later stages to call
+TAUGHT = {"06_train.ipynb": ("train_one_epoch", "evaluate", "EarlyStopping", "fit"),
+          "07_predict.ipynb": ("feature_maps", "occlusion_map")}
 
 
 def definitions(code: str, names: tuple[str, ...]) -> dict[str, str]:
@@ -332,16 +337,17 @@ def definitions(code: str, names: tuple[str, ...]) -> dict[str, str]:
 
 
 @pytest.mark.whole_checkout
-def test_notebook_6_writes_the_code_helpers_runs():
-    """The loop a student writes in notebook 6 is the loop helpers.fit runs: same code, hints
-    aside."""
-    notebook = definitions(
-        "\n\n".join(code_sources(course_notebooks.find_notebook("06_train.ipynb"))),
-        TAUGHT_IN_STAGE_6)
-    course = definitions((helpers.REPO_ROOT / "helpers.py").read_text(), TAUGHT_IN_STAGE_6)
-    assert sorted(notebook) == sorted(course) == sorted(TAUGHT_IN_STAGE_6)
-    differ = [name for name in TAUGHT_IN_STAGE_6 if notebook[name] != course[name]]
-    assert not differ, f"notebook 6 and helpers.py differ in {differ}: change both alike"
+@pytest.mark.parametrize("notebook", sorted(TAUGHT))
+def test_a_notebook_writes_the_code_helpers_runs(notebook):
+    """The loop a student writes in notebook 6 is the loop helpers.fit runs, and notebook 7's
+    hooks are helpers.feature_maps: same code, type hints aside."""
+    names = TAUGHT[notebook]
+    written = definitions(
+        "\n\n".join(code_sources(course_notebooks.find_notebook(notebook))), names)
+    course = definitions((helpers.REPO_ROOT / "helpers.py").read_text(), names)
+    assert sorted(written) == sorted(course) == sorted(names)
+    differ = [name for name in names if written[name] != course[name]]
+    assert not differ, f"{notebook} and helpers.py differ in {differ}: change both alike"
 
 
 def test_the_code_comparison_sees_a_changed_line():

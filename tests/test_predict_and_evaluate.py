@@ -150,3 +150,86 @@ def test_predicting_thousands_of_single_images_does_not_grow_memory(small_sets):
         for image in images:
             helpers.predict(model, image)
     assert resident_mb() - before < 10, f"{before:.0f} MB -> {resident_mb():.0f} MB"
+
+
+def test_feature_maps_are_what_the_forward_pass_computes(small_sets):
+    torch.manual_seed(0)
+    model = helpers.FMnistCNN().eval()
+    images = torch.stack([small_sets[2][i][0] for i in range(4)])
+    blocks = {"conv_block1": model.conv_block1, "conv_block2": model.conv_block2,
+              "conv_block3": model.conv_block3, "linear2": model.linear2}
+    maps = helpers.feature_maps(model.train(), images, blocks)  # eval() is its job
+    with torch.no_grad():
+        first = model.eval().conv_block1(images)
+        second = model.conv_block2(first)
+        third = model.conv_block3(second)
+        logits = model(images)
+    assert list(maps) == list(blocks)
+    assert [tuple(m.shape) for m in maps.values()] == [(4, 32, 14, 14), (4, 64, 7, 7),
+                                                       (4, 128, 3, 3), (4, 10)]
+    for caught, computed in zip(maps.values(), (first, second, third, logits)):
+        assert torch.equal(caught, computed)
+    # the hooks are gone: a later forward pass catches nothing and costs nothing
+    assert all(not layer._forward_hooks for layer in model.modules())
+
+
+def test_feature_maps_remove_their_hooks_when_the_forward_pass_fails():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    with pytest.raises(ValueError):
+        helpers.feature_maps(model, torch.zeros(1, 1, 28, 28) + 2, {"linear": model[1]})
+    broken = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(783, 10))
+    with pytest.raises(RuntimeError):
+        helpers.feature_maps(broken, torch.zeros(1, 1, 28, 28), {"flat": broken[0]})
+    assert not broken[0]._forward_hooks
+
+
+def test_feature_maps_of_a_network_of_your_own():
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 3, 5)
+            self.head = torch.nn.Linear(3 * 24 * 24, 10)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.conv(x)).flatten(1))
+
+    model = Tiny()
+    image = torch.rand(1, 28, 28)
+    maps = helpers.feature_maps(model, image, {"conv": model.conv})
+    with torch.no_grad():
+        assert torch.equal(maps["conv"], model.conv(image.unsqueeze(0)))
+
+
+class OneCorner(torch.nn.Module):
+    """Class 1's logit grows with the ink in the top-left 6x6 corner; every other logit is 0."""
+
+    def forward(self, x):
+        logits = torch.zeros(len(x), 10)
+        logits[:, 1] = x[:, 0, :6, :6].sum(dim=(1, 2)) - 14
+        return logits
+
+
+def test_occlusion_map_lights_up_the_pixels_the_answer_depends_on():
+    image = torch.full((1, 28, 28), 0.5)
+    heat = helpers.occlusion_map(OneCorner(), image, target=1, patch=4)
+    assert heat.shape == (28, 28)
+    assert (heat[:6, :6] > 0.05).all()          # covering the corner takes class 1 away
+    # a 4x4 square that touches the corner reaches row and column 8 at most
+    assert heat[8, :6].min() > 0 and heat[:, 8][:6].min() > 0
+    assert heat[9:, :].abs().max() == 0 and heat[:, 9:].abs().max() == 0
+    # the mean over covering squares: the corner pixel has one square, all of it on the corner
+    probability = torch.softmax(OneCorner()(image.unsqueeze(0)), dim=1)[0, 1]
+    covered = image.clone()
+    covered[:, :4, :4] = 0
+    alone = probability - torch.softmax(OneCorner()(covered.unsqueeze(0)), dim=1)[0, 1]
+    assert torch.isclose(heat[0, 0], alone)
+    assert heat.max() <= probability            # a mean of falls, not their sum
+    # another class's map: covering the corner raises it (it takes probability from class 1)
+    assert (helpers.occlusion_map(OneCorner(), image, target=0, patch=4)[:6, :6] < 0).all()
+
+
+def test_occlusion_map_covers_squares_of_the_size_asked():
+    image = torch.full((1, 28, 28), 0.5)
+    small = helpers.occlusion_map(OneCorner(), image, target=1, patch=2)
+    assert small[6, :6].min() > 0 and small[7:, :].abs().max() == 0
+    assert small[:6, 6].min() > 0 and small[:, 7:].abs().max() == 0
