@@ -7,7 +7,7 @@ and fast runs need, each as a small wrapper rather than a second copy of the loo
 - mixed precision: MixedPrecision wraps the network, ScaledOptimizer the optimizer (fp16 only);
 - one-cycle: the schedule steps after every optimizer step, through the optimizer's own hook;
 - flip test-time augmentation: FlipTTA wraps the network for evaluation;
-- the TensorBoard run summary: one loss chart, the confusion matrix, HParams.
+- TensorBoard: every tab of the dashboard filled by one run (machinery/tensorboard_panels).
 """
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ from torch.utils.data import Dataset, Subset
 import helpers
 from helpers import EarlyStopping, History, current_lr
 from .basics import CourseError
+from .checkpoint_file import read_checkpoint
 from .fast_path import DeviceLoader, compile_model, make_scaler, mixed_precision
 from .recipes import Recipe
 from .resume import interrupted_note, restore_training, training_state
-from .figures import plot_confusion_matrix
+from .tensorboard_panels import log_histograms, log_run_summary, log_start
 
 
 def recipe_datasets(recipe: Recipe, root: Path | str) -> tuple[Dataset, Dataset, Dataset]:
@@ -142,7 +143,7 @@ def run_epochs(model: nn.Module, train_loader, valid_loader, recipe: Recipe,
                last_path: Path | str | None = None, resume: Path | str | None = None,
                log=print) -> History:
     """helpers.fit's loop for a recipe, with resume, mixed precision, one-cycle, a clean Ctrl-C,
-    a last checkpoint after every epoch and the TensorBoard run summary at the end."""
+    a last checkpoint after every epoch, and TensorBoard's panels (machinery/tensorboard_panels)."""
     precision = mixed_precision(device) if recipe.fast else None  # bf16 or fp16 on a GPU
     trained, stepper = with_precision(model, optimizer, device, precision)
     scaler = stepper.scaler if isinstance(stepper, ScaledOptimizer) else None  # saved for resume
@@ -157,6 +158,8 @@ def run_epochs(model: nn.Module, train_loader, valid_loader, recipe: Recipe,
             raise CourseError(f"{resume} is a one-cycle run of {planned // len(train_loader)} "
                               f"epochs: its schedule ends there and cannot be stretched to "
                               f"{recipe.epochs}; train a new run with more epochs instead")
+    if writer is not None and not history.epochs:  # a resumed run has them already
+        log_start(writer, recipe.model, valid_loader, device)
     last_epoch = history.epochs if history.stopped_early else recipe.epochs
     for epoch in range(history.epochs + 1, last_epoch + 1):
         try:
@@ -178,6 +181,7 @@ def run_epochs(model: nn.Module, train_loader, valid_loader, recipe: Recipe,
             for tag, value in (("loss/train", train_loss), ("loss/valid", valid_loss),
                                ("accuracy/valid", valid_accuracy), ("learning_rate", lr)):
                 writer.add_scalar(tag, value, epoch)
+            log_histograms(writer, model, epoch)
             writer.flush()
         if plateau:
             schedule.step(valid_loss)
@@ -197,31 +201,10 @@ def run_epochs(model: nn.Module, train_loader, valid_loader, recipe: Recipe,
                 f"validation loss")
             break
     if writer is not None and history.epochs and not history.interrupted:
-        log_run_summary(writer, model, valid_loader, device, history, recipe)
+        best = best_path is not None and Path(best_path).is_file()  # else: the last epoch's
+        log_run_summary(writer, model, valid_loader, device, history, recipe,
+                        read_checkpoint(best_path, device)["state_dict"] if best else None)
     return history
-
-
-# add_scalars("loss", {...}) would write each curve as a separate run (runs/x/loss_train, ...),
-# cluttering the run list: the loop logs plain tags and asks for one chart in Custom Scalars.
-LOSS_LAYOUT = {"Fashion-MNIST": {"loss: train vs validation": ["Multiline",
-                                                               ["loss/train", "loss/valid"]]}}
-
-
-def log_run_summary(writer, model: nn.Module, valid_loader, device: torch.device,
-                    history: History, recipe: Recipe) -> None:
-    """End of a run: one loss chart, the validation confusion matrix, the recipe and results."""
-    from torch.utils.tensorboard.summary import hparams
-    matrix = helpers.confusion_matrix(*helpers.predict_all(model, valid_loader, device))
-    writer.add_custom_scalars(LOSS_LAYOUT)
-    writer.add_figure("valid/confusion_matrix", plot_confusion_matrix(matrix), history.epochs)
-    params = {k: v for k, v in recipe.as_dict().items() if v is not None}
-    results = {"hparam/best_valid_accuracy": max(history.valid_accuracy),
-               "hparam/final_valid_loss": history.valid_loss[-1], "hparam/epochs": history.epochs}
-    for summary in hparams(params, results):  # into this run itself (add_hparams makes a new one)
-        writer.file_writer.add_summary(summary)
-    for tag, value in results.items():
-        writer.add_scalar(tag, value, history.epochs)
-    writer.flush()
 
 
 def save(path: Path | str, model: nn.Module, recipe: Recipe, epoch: int, metrics: dict,

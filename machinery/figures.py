@@ -1,4 +1,4 @@
-"""The course's matplotlib figures: the confusion matrix and a run's curves.
+"""The course's matplotlib figures: the confusion matrix, the mistakes, a run's curves.
 
 Drawing code, not training code: the notebooks call these by name from helpers.
 """
@@ -45,3 +45,19 @@ def plot_history(history, title: str = ""):
     fig.tight_layout()
     return fig
 
+
+
+def plot_mistakes(images: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor,
+                  columns: int = 8, rows: int = 4):
+    """The first columns x rows misclassified images, each titled with its predicted class and,
+    below it, the true class; returns the figure."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
+    for ax, image, label, prediction in zip(axes.flat, images, labels, predictions):
+        ax.imshow(image.squeeze(0).numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"{CLASSES[prediction]}\n(true: {CLASSES[label]})", fontsize=8, color="C3")
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("Mistakes: predicted (true)")
+    fig.tight_layout()
+    return fig

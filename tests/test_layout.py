@@ -21,7 +21,7 @@ LEVELS = {"machinery": 0, "machinery.basics": 0,
                            "machinery.networks"], 1),
           "machinery.resume": 2, "machinery.tensorboard_log": 2, "machinery.colab": 2,
           "helpers": 3,
-          "machinery.engine": 4,
+          "machinery.engine": 4, "machinery.tensorboard_panels": 4,
           "machinery.runs": 5, "machinery.bench": 5,
           "machinery.cli": 6}
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, RandomSampler, Subset
 
 import helpers
-from machinery import cli, engine, recipes, runs
+from machinery import cli, engine, recipes, runs, tensorboard_panels
 from machinery.fast_path import DeviceLoader, dataset_tensors
 from machinery.recipes import SMOKE_SIZES
 
@@ -60,7 +60,8 @@ class Wiring:
         self.builds = spy.on(helpers, "build_model", through=seeded_build)
         self.trains = spy.on(helpers, "train_one_epoch", through=two_batches)
         self.evaluations = spy.on(helpers, "evaluate")
-        self.predictions = spy.on(helpers, "predict_all")
+        self.summaries = spy.on(tensorboard_panels, "validation_outputs")
+        self.starts = spy.on(engine, "log_start")
         self.plateaus = spy.on(torch.optim.lr_scheduler.ReduceLROnPlateau, "__init__")
         self.plateau_steps = spy.on(torch.optim.lr_scheduler.ReduceLROnPlateau, "step")
         self.one_cycles = spy.on(torch.optim.lr_scheduler.OneCycleLR, "__init__")
@@ -68,7 +69,7 @@ class Wiring:
         self.stopper_steps = spy.on(helpers.EarlyStopping, "step")
         self.runs = spy.on(engine, "train_run")
         self.restores = spy.on(engine, "restore_training")
-        self.matrices = spy.on(engine, "plot_confusion_matrix")
+        self.matrices = spy.on(tensorboard_panels, "plot_confusion_matrix")
         self.devices = spy.on(cli, "pick_device")
         self.compiled = spy.on(engine, "compile_model", through=lambda model, device: model)
 
@@ -143,10 +144,12 @@ def test_train_run_hands_every_setting_to_what_uses_it(settings, wiring, small_s
     model, history, _ = engine.train_run(recipe, train_set, valid_set, cpu,
                                          run_dir=tmp_path / "run", log=lambda line: None)
 
-    # the network asked for, its weights drawn after seeding; the seed's generator shuffles
-    assert [call["name"] for call in wiring.builds] == [recipe.model]
+    # the network asked for, its weights drawn after seeding; the seed's generator shuffles.
+    # (A second, untrained copy is traced for TensorBoard's Graphs tab.)
+    assert [call["name"] for call in wiring.builds] == [recipe.model] * 2
     assert type(model) is helpers.NETWORKS[recipe.model]
-    assert [call["seed"] for call in wiring.seeds] == [recipe.seed] == wiring.seeds_at_build
+    assert [call["seed"] for call in wiring.seeds] == [recipe.seed]
+    assert wiring.seeds_at_build == [recipe.seed] * 2
     loader = wiring.train_loader
     assert loader.generator is not None and loader.generator.initial_seed() == recipe.seed
 
@@ -195,9 +198,11 @@ def test_train_run_hands_every_setting_to_what_uses_it(settings, wiring, small_s
         assert role(valid_loader, sets) == "valid"
         assert not shuffled(valid_loader) and not augmented(valid_loader)
         assert valid_loader.batch_size == 1000
-    assert [role(call["loader"], sets) for call in wiring.predictions] == ["valid"]
+    # TensorBoard's panels: the data grid, the summary's predictions
+    assert [role(call["valid_loader"], sets) for call in wiring.starts] == ["valid"]
+    assert [role(call["loader"], sets) for call in wiring.summaries] == ["valid"]
     assert [call["loss_fn"] for call in wiring.evaluations] == [loss_fn] * recipe.epochs
-    assert {call["device"] for call in wiring.evaluations + wiring.predictions} == {cpu}
+    assert {call["device"] for call in wiring.evaluations + wiring.summaries} == {cpu}
     # TensorBoard's confusion matrix: a row per true class, so its rows count the labels
     [matrix] = [call["matrix"] for call in wiring.matrices]
     labels = dataset_tensors(valid_set)[1]
@@ -291,8 +296,9 @@ def test_every_train_flag_reaches_the_run_and_each_set_its_role(wiring, data_roo
     assert run["recipe"] == helpers.course_settings(smoke=True, recipe="improved", batch_size=40,
                                                     epochs=2)
     assert [call["name"] for call in wiring.devices] == ["cpu"] and run["device"] == cpu
-    # the run's network, then its best checkpoint's, loaded back for the test figures
-    assert [call["name"] for call in wiring.builds] == ["improved"] * 2 and not wiring.compiled
+    # the run's network, its copy for the Graphs tab, and its best checkpoint's, loaded back for
+    # the test figures
+    assert [call["name"] for call in wiring.builds] == ["improved"] * 3 and not wiring.compiled
     assert wiring.train_loader.batch_size == 40 and len(wiring.trains) == 2
 
     # output paths: the best checkpoint where --out says, the last beside it, the run in --runs
@@ -306,7 +312,8 @@ def test_every_train_flag_reaches_the_run_and_each_set_its_role(wiring, data_roo
     assert role(wiring.train_loader, sets) == "train"
     roles = [role(call["loader"], sets) for call in wiring.evaluations]
     assert roles == ["valid", "valid", "test", "test"]  # two epochs; the last and best on test
-    assert [role(call["loader"], sets) for call in wiring.predictions] == ["valid"]
+    assert [role(call["valid_loader"], sets) for call in wiring.starts] == ["valid"]
+    assert [role(call["loader"], sets) for call in wiring.summaries] == ["valid"]
     # the test figures: plain cross-entropy (the recipe trains with label smoothing 0.1), for the
     # last epoch's network, then for the best checkpoint's, loaded back
     last, best = wiring.evaluations[2:]
