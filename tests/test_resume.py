@@ -1,10 +1,15 @@
 """Interrupted training loses nothing and resumes to exactly the same result."""
+import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -200,3 +205,168 @@ def test_a_one_cycle_run_refuses_to_be_resumed_for_more_epochs(small_sets, tmp_p
     with pytest.raises(helpers.CourseError, match="one-cycle run of 1 epochs: its schedule ends"):
         engine.train_run(replace(recipe, epochs=2), *sets, torch.device("cpu"),
                          resume=tmp_path / "last.pt", **run)
+
+
+# ---- The pieces of resume, one by one (mutmut's survivors of machinery/resume.py) ----------------
+
+class Recorder:
+    """Stands in for a scheduler, a gradient scaler or a CUDA call: records what it is given."""
+
+    def __init__(self, state=None) -> None:
+        self.loaded, self.state = [], state
+
+    def load_state_dict(self, state) -> None:
+        self.loaded.append(state)
+
+    def state_dict(self):
+        return self.state
+
+
+@pytest.fixture(scope="module")
+def trained_last(small_sets, small_settings, tmp_path_factory):
+    """A real last checkpoint of the original recipe after 2 short epochs (plateau, early
+    stopping)."""
+    train_set, valid_set, test_set = small_sets
+    tiny = (helpers.first(train_set, 64), helpers.first(valid_set, 32), test_set)
+    folder = tmp_path_factory.mktemp("trained")
+    small_run(tiny, small_settings, folder, epochs=2, last_path=folder / "last.pt")
+    return folder / "last.pt"
+
+
+@pytest.fixture
+def last_checkpoint(trained_last, tmp_path):
+    """A copy of it, each test's own to change."""
+    return Path(shutil.copy(trained_last, tmp_path / "last.pt"))
+
+
+def fresh_objects(small_settings):
+    model = helpers.build_model("original")
+    optimizer = helpers.make_optimizer(model, small_settings)
+    return model, optimizer, helpers.make_scheduler(optimizer, small_settings)
+
+
+def draw_from_every_generator(loader) -> tuple:
+    return (torch.rand(3), random.random(), np.random.rand(3),
+            torch.rand(3, generator=loader.generator))
+
+
+def test_generators_come_back_exactly():
+    loader = SimpleNamespace(generator=torch.Generator().manual_seed(5))
+    state = resume.rng_state(loader)
+    drawn = draw_from_every_generator(loader)
+    resume.set_rng_state(state, loader)
+    again = draw_from_every_generator(loader)
+    assert torch.equal(drawn[0], again[0]) and drawn[1] == again[1]
+    assert np.array_equal(drawn[2], again[2]) and torch.equal(drawn[3], again[3])
+    assert np.random.get_state()[1].dtype == np.uint32
+
+    # a loader without a generator of its own: nothing saved, nothing put back
+    assert resume.rng_state(SimpleNamespace(generator=None))["loader"] is None
+    untouched = torch.Generator().manual_seed(9)
+    before = untouched.get_state()
+    resume.set_rng_state({**state, "loader": None}, SimpleNamespace(generator=untouched))
+    assert torch.equal(untouched.get_state(), before)
+
+
+def test_cuda_generators_are_saved_and_put_back_when_there_is_a_gpu(monkeypatch):
+    cuda_state = [torch.arange(8, dtype=torch.uint8)]
+    put_back = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: cuda_state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", put_back.append)
+    loader = SimpleNamespace(generator=None)
+    state = resume.rng_state(loader)
+    assert state["cuda"] is cuda_state
+    resume.set_rng_state(state, loader)
+    assert len(put_back) == 1 and torch.equal(put_back[0][0], cuda_state[0])
+    resume.set_rng_state({**state, "cuda": []}, loader)  # saved on a machine without a GPU
+    assert len(put_back) == 1
+
+
+def test_training_state_records_no_best_path_and_no_scheduler_as_none():
+    model = helpers.build_model("original")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = resume.training_state(optimizer, None, None, helpers.History(),
+                                  SimpleNamespace(generator=None))
+    assert state["best_path"] is None and state["scheduler"] is None
+    assert state["early_stopping"] is None and state["run_dir"] is None
+
+
+def test_restore_reads_on_the_device_it_is_given(last_checkpoint, small_settings, monkeypatch):
+    read = []
+    real_read = resume.read_checkpoint
+    monkeypatch.setattr(resume, "read_checkpoint",
+                        lambda path, device: read.append(device) or real_read(path, device))
+    model, optimizer, scheduler = fresh_objects(small_settings)
+    device = torch.device("cpu")
+    resume.restore_training(last_checkpoint, "original", model, optimizer, scheduler, None,
+                            SimpleNamespace(generator=None), device, log=lambda line: None)
+    assert read == [device]
+
+
+def test_restore_says_which_network_a_checkpoint_belongs_to(last_checkpoint, small_settings):
+    model = helpers.build_model("improved")
+    optimizer = helpers.make_optimizer(model, small_settings)
+    with pytest.raises(helpers.CheckpointError) as error:
+        resume.restore_training(last_checkpoint, "improved", model, optimizer, None, None,
+                                SimpleNamespace(generator=None), "cpu", log=lambda line: None)
+    assert str(error.value) == (f"{last_checkpoint} is a run of the 'original' network, "
+                                f"not 'improved'")
+
+
+def test_restore_names_the_file_whose_weights_do_not_fit(last_checkpoint, small_settings):
+    payload = torch.load(last_checkpoint, weights_only=True)
+    del payload["state_dict"]["linear2.bias"]
+    torch.save(payload, last_checkpoint)
+    model, optimizer, scheduler = fresh_objects(small_settings)
+    with pytest.raises(helpers.CheckpointError, match=str(last_checkpoint)):
+        resume.restore_training(last_checkpoint, "original", model, optimizer, scheduler, None,
+                                SimpleNamespace(generator=None), "cpu", log=lambda line: None)
+
+
+def test_restore_says_when_the_optimizer_state_does_not_fit(last_checkpoint, small_settings):
+    model = helpers.build_model("original")
+    optimizer = torch.optim.Adam([model.linear2.bias])  # one parameter group, one parameter
+    with pytest.raises(helpers.CheckpointError) as error:
+        resume.restore_training(last_checkpoint, "original", model, optimizer, None, None,
+                                SimpleNamespace(generator=None), "cpu", log=lambda line: None)
+    assert str(error.value).startswith(f"{last_checkpoint}: its optimizer or scheduler state does "
+                                       f"not fit this run (")
+
+
+def test_restore_puts_back_only_what_both_sides_have(last_checkpoint, small_settings):
+    """A schedule, a gradient scaler or early stopping is put back only where the run has one
+    and the checkpoint saved one."""
+    payload = torch.load(last_checkpoint, weights_only=True)
+    state = payload["training_state"]
+    assert state["scheduler"] is not None and state["early_stopping"] is not None
+    assert state["scaler"] is None  # trained in float32
+    model, optimizer, _ = fresh_objects(small_settings)
+    scaler = Recorder()
+    # the run has no schedule and no early stopping; the checkpoint has no scaler
+    history = resume.restore_training(last_checkpoint, "original", model, optimizer, None, None,
+                                      SimpleNamespace(generator=None), "cpu", scaler,
+                                      log=lambda line: None)
+    assert scaler.loaded == [] and len(history["train_loss"]) == 2
+    # the checkpoint has no schedule and no early stopping; the run has both
+    payload["training_state"] = {**state, "scheduler": None, "early_stopping": None}
+    torch.save(payload, last_checkpoint)
+    model, optimizer, scheduler = fresh_objects(small_settings)
+    stopper = helpers.EarlyStopping(small_settings.stop_patience)
+    resume.restore_training(last_checkpoint, "original", model, optimizer, scheduler, stopper,
+                            SimpleNamespace(generator=None), "cpu", log=lambda line: None)
+    assert vars(stopper) == vars(helpers.EarlyStopping(small_settings.stop_patience))
+
+
+def test_restore_says_where_it_resumes_from(last_checkpoint, small_settings):
+    lines = []
+    model, optimizer, scheduler = fresh_objects(small_settings)
+    resume.restore_training(last_checkpoint, "original", model, optimizer, scheduler, None,
+                            SimpleNamespace(generator=None), "cpu", log=lines.append)
+    assert lines == [f"resumed from {last_checkpoint} after epoch 2"]
+
+
+@pytest.mark.parametrize("epoch", [2, 3, 7])
+def test_an_interrupted_run_names_the_last_finished_epoch(epoch, tmp_path):
+    assert resume.interrupted_note(epoch, None) == (f"interrupted during epoch {epoch}: the "
+                                                    f"checkpoints of epoch {epoch - 1} are intact")
