@@ -188,3 +188,54 @@ def test_a_shuffled_loader_changes_the_order_reproducibly_from_its_seed():
     assert shuffled != list(range(100)) and sorted(shuffled) == list(range(100))
     assert order(shuffle=True, generator=torch.Generator().manual_seed(0)) == shuffled
     assert order(shuffle=True, generator=torch.Generator().manual_seed(1)) != shuffled
+
+
+# ---- What mutmut's survivors of machinery/dataset.py showed untested ----------------------------
+
+def test_FMNIST_DATA_without_the_files_names_the_first_missing_one(monkeypatch, tmp_path,
+                                                                    no_local_copy):
+    monkeypatch.setenv("FMNIST_DATA", str(tmp_path / "empty"))
+    with pytest.raises(helpers.DatasetError) as error:
+        helpers.prepare_data(tmp_path / "data")
+    assert str(error.value) == (f"FMNIST_DATA={tmp_path / 'empty'} does not hold all four "
+                                f"Fashion-MNIST files (missing e.g. train-images-idx3-ubyte.gz)")
+
+
+def test_a_copy_into_a_folder_it_cannot_write_says_so(monkeypatch, tmp_path):
+    def refused(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(dataset, "atomic_write", refused)  # root writes anywhere: a stand-in
+    dest = tmp_path / "t10k-labels-idx1-ubyte"
+    with pytest.raises(helpers.DatasetError) as error:
+        dataset.copy_decompressed(DEBIAN_COPY / "t10k-labels-idx1-ubyte.gz", dest)
+    assert str(error.value) == (f"cannot write {dest}: choose a writable data folder "
+                                f"(Permission denied)")
+
+
+def test_the_download_asks_torchvision_for_both_sets_into_the_root(monkeypatch, tmp_path):
+    asked = []
+    monkeypatch.setattr(dataset.datasets, "FashionMNIST",
+                        lambda root, **options: asked.append((root, options)))
+    dataset.download_with_torchvision(tmp_path)
+    assert asked == [(tmp_path, {"train": True, "download": True}),
+                     (tmp_path, {"train": False, "download": True})]
+
+
+@pytest.mark.parametrize("failure, reason", [
+    (RuntimeError("Error downloading train-images-idx3-ubyte.gz"),
+     "Error downloading train-images-idx3-ubyte.gz"),
+    (RuntimeError("Error downloading train-images-idx3-ubyte.gz:\n\n  Tried mirror A\n"
+                  "  Tried mirror B\n"), "Error downloading train-images-idx3-ubyte.gz: "
+                                         "Tried mirror B"),
+    (OSError(), "OSError")])
+def test_a_failed_download_says_in_one_line_what_failed_and_why(failure, reason, monkeypatch,
+                                                                  tmp_path):
+    def fails(root, **options):
+        raise failure
+
+    monkeypatch.setattr(dataset.datasets, "FashionMNIST", fails)
+    with pytest.raises(helpers.DatasetError) as error:
+        dataset.download_with_torchvision(tmp_path)
+    assert str(error.value) == (f"Fashion-MNIST is not in {tmp_path} and could not be downloaded "
+                                f"({reason}). Ways out: " + dataset.HOW_TO_GET_DATA)
