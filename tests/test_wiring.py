@@ -7,6 +7,7 @@ a value read from the recipe and then dropped on the way would pass a test that 
 Training is cut to two batches per epoch: the wiring is under test here, not the learning.
 """
 import inspect
+import time
 import itertools
 from dataclasses import replace
 from pathlib import Path
@@ -448,3 +449,76 @@ def test_evaluate_command_scores_checkpoints_on_the_whole_test_set(wiring, data_
     [call] = wiring.evaluations
     assert torch.equal(images(call["loader"]), images(test_set))
     assert "on 10,000 images" in capsys.readouterr().out
+
+
+# ---- What mutmut's survivors of machinery/runs.py showed untested -------------------------------
+
+def test_a_resumed_run_that_kept_no_paths_uses_the_defaults(stopped_run, tmp_path,
+                                                              data_root, cpu):
+    """A last checkpoint that recorded no best checkpoint and no TensorBoard folder: the run
+    carries on with the command's own."""
+    recipe = helpers.course_settings(smoke=True)
+    with pytest.raises(Stop):
+        runs.train(recipe, cpu, data=data_root, runs=tmp_path / "runs", out=tmp_path / "mine.pt",
+                   resume=tmp_path / "mine-last.pt", state={"best_path": None, "run_dir": None})
+    [handed] = stopped_run
+    assert handed["best_path"] == tmp_path / "mine.pt"
+    assert handed["last_path"] == tmp_path / "mine-last.pt"
+    assert handed["run_dir"].parent == tmp_path / "runs"
+    assert handed["run_dir"].name.startswith(recipes.run_name(recipe)[:-15])  # less the time
+
+
+def test_a_final_fit_keeps_no_best_checkpoint_and_says_why(stopped_run, tmp_path,
+                                                           data_root, cpu):
+    lines = []
+    with pytest.raises(Stop):
+        runs.train(helpers.course_settings(smoke=True, recipe="original-fast", final_fit=True), cpu,
+                   data=data_root, runs=tmp_path / "runs", out=tmp_path / "mine.pt",
+                   log=lines.append)
+    assert stopped_run[0]["best_path"] is None
+    assert lines == ["final fit: the validation images are in the training set, so the "
+                     "validation figures below are not an estimate of test accuracy"]
+
+
+def test_resume_takes_only_epochs_and_compile_from_the_command(tmp_path):
+    recipe = helpers.course_settings(smoke=True)
+    engine.save(tmp_path / "last.pt", helpers.build_model("original"), recipe, 1, {},
+                training_state={"history": {}})
+    resumed, state = runs.resumed_recipe(tmp_path / "last.pt", epochs=9, compile=True,
+                                         batch_size=7, lr=0.5)
+    assert resumed == replace(recipe, epochs=9, compile=True) and state == {"history": {}}
+    # a checkpoint with a training state but no recipe is not a run's last checkpoint
+    helpers.save_checkpoint(tmp_path / "odd.pt", helpers.build_model("original"),
+                            training_state={"history": {}})
+    with pytest.raises(helpers.CheckpointError) as error:
+        runs.resumed_recipe(tmp_path / "odd.pt")
+    assert str(error.value) == (f"{tmp_path / 'odd.pt'} is not the last checkpoint of a run: "
+                                f"nothing to resume")
+
+
+def test_evaluate_reports_each_checkpoint_on_the_whole_test_set(monkeypatch, tmp_path, data_root,
+                                                                cpu):
+    spy = Spy(monkeypatch)
+    loads = spy.on(helpers, "load_checkpoint")
+    datasets = spy.on(helpers, "load_datasets")
+    loaders = spy.on(runs, "DeviceLoader")
+    recipe = helpers.course_settings(smoke=True)
+    model = helpers.build_model("original")
+    engine.save(tmp_path / "one.pt", model, recipe, 3, {})
+    before = time.perf_counter()
+    [report] = runs.evaluate_checkpoints([tmp_path / "one.pt"], cpu, data_root)
+    took = time.perf_counter() - before
+    assert [call["device"] for call in loads] == [cpu]
+    assert [call["root"] for call in datasets] == [data_root]
+    assert [(call["batch_size"], call["device"]) for call in loaders] == [(1000, cpu)]
+    model.eval()
+    test_set = helpers.load_datasets(helpers.course_settings(smoke=False), data_root)[2]
+    expected = helpers.evaluate(model, helpers.make_loader(test_set, 1000), nn.CrossEntropyLoss(),
+                                cpu)
+    seconds = report.pop("seconds")
+    assert report == {"checkpoint": str(tmp_path / "one.pt"), "model": "original",
+                      "recipe": recipe.name, "params": 242_250,
+                      "test_accuracy": pytest.approx(expected[1]),
+                      "test_loss": pytest.approx(expected[0], rel=1e-5), "test_images": 10_000,
+                      "epoch": 3, "device": "cpu"}
+    assert 0 < seconds < took and seconds == round(seconds, 2)
