@@ -1,6 +1,7 @@
 """Stage 10's recipes: the improved network, one-cycle, augmentation, label smoothing, flip TTA."""
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import helpers
-from machinery import engine
+from machinery import engine, recipes
 from machinery.recipes import SMOKE_SIZES
 
 
@@ -47,17 +48,55 @@ def test_recipes_name_their_checkpoints_apart(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"optimizer": "sgd"}, "unknown optimizer 'sgd'"),
-    ({"schedule": "cosine"}, "unknown schedule 'cosine'"),
-    ({"label_smoothing": 1.0}, "label_smoothing must be in 0..1"),
-    ({"augment": True, "fast": False}, "augment=True needs the fast path"),
-    ({"final_fit": True}, "final_fit needs a fixed-length schedule"),
+    ({"weight_decay": -1.0}, "weight_decay must be zero or positive, got -1.0"),
+    ({"optimizer": "sgd"}, "unknown optimizer 'sgd': choose adam or adamw"),
+    ({"schedule": "cosine"}, "unknown schedule 'cosine': choose plateau or onecycle"),
+    ({"label_smoothing": 1.0}, "label_smoothing must be in 0..1, got 1.0"),
+    ({"augment": True, "fast": False},
+     "augment=True needs the fast path (fast=True): augmentation runs on the device"),
+    ({"final_fit": True}, "final_fit needs a fixed-length schedule (onecycle): the plateau "
+                          "schedule and early stopping watch the validation loss, and a final "
+                          "fit has no held-out validation"),
 ])
 def test_bad_recipe_settings_are_refused_with_the_way_out(overrides, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError) as error:
         helpers.course_settings(smoke=True, **overrides)
-    with pytest.raises(ValueError, match="unknown recipe 'resnet'"):
+    assert str(error.value) == message
+    with pytest.raises(ValueError) as error:
         helpers.course_settings(recipe="resnet")
+    assert str(error.value) == ("unknown recipe 'resnet': choose one of original, original-fast, "
+                                "improved")
+
+
+def test_a_recipe_recorded_without_a_name_is_unnamed():
+    saved = helpers.course_settings(smoke=False).as_dict()
+    del saved["name"]
+    assert helpers.Recipe.from_dict(saved) == helpers.course_settings(smoke=False, name="unnamed")
+
+
+def test_the_recipe_for_a_network_prefers_its_own_path(monkeypatch):
+    assert recipes.recipe_for_network("original") == "original"  # not the fast path by default
+    assert recipes.recipe_for_network("original", fast=True) == "original-fast"
+    # an exact match on the path first, whatever the names' alphabetical order
+    monkeypatch.setattr(recipes, "RECIPES", {
+        "a-fast": recipes.Recipe("a-fast", fast=True, schedule="onecycle"),
+        "b-plain": recipes.Recipe("b-plain")})
+    assert recipes.recipe_for_network("original") == "b-plain"
+    assert recipes.recipe_for_network("original", fast=True) == "a-fast"
+
+
+@pytest.mark.parametrize("fast, where", [(False, ""), (True, " on the fast path")])
+def test_a_network_without_a_recipe_is_told_which_have_one(fast, where):
+    with pytest.raises(ValueError) as error:
+        recipes.recipe_for_network("tiny", fast=fast)
+    assert str(error.value) == (f"no recipe trains the network 'tiny'{where}: networks with a "
+                                f"recipe: improved, original "
+                                f"(add one to machinery.recipes.RECIPES)")
+
+
+def test_a_run_is_named_by_its_recipe_and_start_time():
+    name = recipes.run_name(helpers.course_settings(smoke=True))
+    assert re.fullmatch(r"original-b16-lr0\.001-smoke-20\d{6}-\d{6}", name), name
 
 
 def test_one_cycle_warms_up_then_anneals_once_per_batch():
