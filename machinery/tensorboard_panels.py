@@ -1,11 +1,12 @@
 """What the runner writes to TensorBoard beyond the four curves: one run fills every tab.
 
-- at the start: the network's graph (Graphs) and a grid of validation images (Images);
+- at the start: the network's graph (Graphs), a grid of validation images (Images) and the loss
+  chart (Custom Scalars);
 - every epoch: each parameter's weights and last-step gradients (Histograms, Distributions);
 - at the end, for the best epoch's weights: the confusion matrix and the mistakes (Images),
   one precision-recall curve per class (PR Curves), the penultimate layer of the first
-  validation images with their pictures and class names (Projector), the loss chart (Custom
-  Scalars) and the recipe with its results (HParams).
+  validation images with their pictures and class names (Projector) and the recipe with its
+  results (HParams).
 
 None of them draws a random number, so a logged run trains exactly as an unlogged one.
 """
@@ -39,7 +40,8 @@ def rng_untouched(device: torch.device):
 
 
 def log_start(writer, network: str, valid_loader, device: torch.device) -> None:
-    """The Graphs tab (the network traced on one batch) and a grid of validation images."""
+    """The Graphs tab (the network traced on one batch), a grid of validation images and the loss
+    chart."""
     with rng_untouched(device):
         images, _ = next(iter(valid_loader))
         images = images[:GRID].cpu()
@@ -48,6 +50,7 @@ def log_start(writer, network: str, valid_loader, device: torch.device) -> None:
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
         writer.add_graph(model, images)
     writer.add_image("data/validation_images", make_grid(images, nrow=16), 0)
+    writer.add_custom_scalars(LOSS_LAYOUT)  # the chart fills as the epochs come
     writer.flush()
 
 
@@ -95,7 +98,7 @@ def weights_loaded(model: nn.Module, weights: dict | None):
 def log_run_summary(writer, model: nn.Module, valid_loader, device: torch.device,
                     history: helpers.History, recipe: Recipe, best_weights: dict | None) -> None:
     """End of a run, for the best epoch's weights (the last epoch's when they are not at hand):
-    confusion matrix, mistakes, PR curves, projector; the loss chart, the recipe and results."""
+    confusion matrix, mistakes, PR curves, projector; the recipe and its results."""
     from torch.utils.tensorboard.summary import hparams
     step = history.best_epoch if best_weights is not None else history.epochs
     with weights_loaded(model, best_weights):
@@ -113,7 +116,6 @@ def log_run_summary(writer, model: nn.Module, valid_loader, device: torch.device
     writer.add_embedding(out["features"][:EMBEDDED], tag="penultimate_layer",
                          metadata=[CLASSES[label] for label in out["labels"][:EMBEDDED]],
                          label_img=out["images"][:EMBEDDED], global_step=step)
-    writer.add_custom_scalars(LOSS_LAYOUT)
     params = {k: v for k, v in recipe.as_dict().items() if v is not None}
     results = {"hparam/best_valid_accuracy": max(history.valid_accuracy),
                "hparam/final_valid_loss": history.valid_loss[-1], "hparam/epochs": history.epochs}

@@ -250,6 +250,9 @@ def test_a_resumed_run_adds_epochs_and_summarises_the_best_checkpoint(small_sets
         history = small_run(small_sets, small_settings, tmp_path, epochs=3, writer=writer,
                             best_path=best, last_path=last)[1]
     assert history.interrupted and not list(run_dir.glob("0000*"))  # no summary yet
+    events = EventAccumulator(str(run_dir))
+    events.Reload()  # the loss chart is there from the start, filled as the epochs come
+    assert events.Tensors("custom_scalars__config__")
     best_epoch = helpers.load_checkpoint(best)[1]["epoch"]
     monkeypatch.setattr(helpers, "evaluate",  # epoch 3 is worse: the best weights stay on disk
                         lambda *args: (real_evaluate(*args)[0], 0.0))
