@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -435,3 +436,13 @@ def drawn(screenshot: Path, tab: str) -> bool:
     content = image.crop((330, 130, 1280, 900))
     lo, hi = content.getextrema()
     return hi - lo > 100 and len(content.getcolors(maxcolors=1 << 16) or []) > 20
+
+
+def test_the_graph_is_traced_without_torch_jit_deprecation_noise(small_sets, tmp_path):
+    """add_graph traces with torch.jit, deprecated in torch 2.x: a student's run output shows
+    none of those warnings."""
+    with SummaryWriter(tmp_path) as writer, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tensorboard_panels.log_start(writer, "original", helpers.make_loader(small_sets[1], 64),
+                                     torch.device("cpu"))
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], caught
