@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import helpers
+from machinery import networks
 from original_notebook import FMnist_CNN
 
 ORIGINAL_PARAMETER_NAMES = [
@@ -76,3 +77,12 @@ def test_predict_accepts_one_image_or_a_batch():
 def test_predict_rejects_bad_images_clearly(images, message):
     with pytest.raises(ValueError, match=message):
         helpers.predict(helpers.FMnistCNN(), images)
+
+
+def test_a_residual_block_adds_its_correction_to_its_input():
+    """x + f(x): the block learns only a correction (stage 10's ImprovedCNN)."""
+    torch.manual_seed(0)
+    block = networks.ResidualBlock(4).eval()
+    x = torch.randn(2, 4, 7, 7)
+    with torch.no_grad():
+        assert torch.equal(block(x), x + block.body(x))
