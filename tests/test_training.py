@@ -1,6 +1,8 @@
 """Stages 5-6: the loop, on real images: it learns, logs to TensorBoard, checkpoints, stops."""
 import itertools
+import os
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -200,3 +202,46 @@ def test_the_runner_times_its_epochs_and_itself_by_the_clock(small_sets, small_s
     assert history.seconds == pytest.approx([15.1] * 3) and minutes == pytest.approx(7 * 15.1 / 60)
     # time left after epoch 1: 2 x 15.1 s = 0.503 min, shown as 1; after epoch 2: 0.25, as 0
     assert lines[1].endswith("15.1 s  (~1 min left)") and lines[2].endswith("(~0 min left)")
+
+
+# ---- What mutmut's survivors of machinery/basics.py showed untested -----------------------------
+
+@pytest.mark.parametrize("value, smoke", [("", False), ("0", False), ("false", False),
+                                          (" FALSE ", False), ("no", False), ("No", False),
+                                          ("1", True), ("yes", True), ("true", True)])
+def test_smoke_mode_reads_the_switch_as_a_person_writes_it(value, smoke, monkeypatch):
+    monkeypatch.setenv("FMNIST_SMOKE", value)
+    assert helpers.smoke_mode() is smoke
+
+
+def test_the_machine_line_names_this_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    assert helpers.machine().startswith(f"CPU only ({cpu}, {os.cpu_count()} cores, torch using ")
+
+
+def test_pick_device_on_a_machine_with_a_gpu_and_with_mps(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert helpers.pick_device("auto") == torch.device("cuda")
+    assert helpers.pick_device("cuda:1") == torch.device("cuda:1")
+    assert helpers.pick_device("mps") == torch.device("mps")
+
+
+def test_pick_device_says_what_is_missing_and_what_to_use(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert helpers.pick_device("auto") == torch.device("cpu")
+    for name, message in (
+            ("cuda", "device 'cuda' asked for, but this machine has no CUDA GPU: use cpu or auto"),
+            ("mps", "device 'mps' asked for, but MPS is not available here: use cpu or auto"),
+            ("meta", "unsupported device 'meta': use auto, cpu, cuda, cuda:N or mps")):
+        with pytest.raises(ValueError) as error:
+            helpers.pick_device(name)
+        assert str(error.value) == message
+
+
+def test_a_checkpoint_outside_the_course_folders_is_named_by_its_whole_path(tmp_path):
+    path = tmp_path / "somewhere" / "mine.pt"
+    assert helpers.describe_checkpoint(path) == str(path)
