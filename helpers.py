@@ -26,7 +26,7 @@ from machinery.checkpoint_file import write_atomically
 from machinery.colab import course_checkpoint  # noqa: F401  (stages 7-9: yours, else the reference)
 from machinery.dataset import prepare_data
 from machinery.figures import plot_confusion_matrix, plot_history  # noqa: F401
-from machinery.networks import ImprovedCNN
+from machinery.networks import ImprovedCNN, SprintCNN
 from machinery.photos import as_image_batch, load_photo  # noqa: F401
 from machinery.recipes import (  # noqa: F401
     RECIPES, Recipe, checkpoint_paths, course_settings, run_name)
@@ -106,7 +106,8 @@ class FMnistCNN(nn.Module):
 
 
 # The course's networks by name: a new network is one entry here (and a recipe that names it).
-NETWORKS: dict[str, type[nn.Module]] = {"original": FMnistCNN, "improved": ImprovedCNN}
+NETWORKS: dict[str, type[nn.Module]] = {"original": FMnistCNN, "improved": ImprovedCNN,
+                                        "sprint": SprintCNN}
 
 
 def build_model(name: str = "original") -> nn.Module:

@@ -74,7 +74,10 @@ def evaluate_command(args: argparse.Namespace) -> None:
 
 def bench_command(args: argparse.Namespace) -> None:
     """Training images/s of the original recipe and the fast path, side by side on this machine."""
-    from .bench import print_bench
+    from .bench import print_bench, print_sprint
+    if args.sprint:
+        print_sprint(json_output=args.json)
+        return
     print_bench(json_output=args.json, compiled=True if args.compile else None)
 
 
@@ -127,6 +130,9 @@ def make_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--compile", action="store_true",
                        help="also time the compiled fast path (always on a GPU)")
+    bench.add_argument("--sprint", action="store_true",
+                       help="the sprint recipe, 3 seeds, against the original recipe's time to "
+                       "93%% validation accuracy, side by side (about 5 minutes on 2 CPU cores)")
     for sub in (train, evaluate):
         sub.add_argument("--device", default="auto",
                          help="auto (default), cpu, cuda, cuda:N or mps")

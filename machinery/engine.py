@@ -43,7 +43,7 @@ def make_train_loader(recipe: Recipe, train_set: Dataset, generator: torch.Gener
     """Shuffled training batches of the recipe's size: a DataLoader, or the fast path."""
     if recipe.fast:
         return DeviceLoader(train_set, recipe.batch_size, True, generator, device,
-                            augment=recipe.augment)
+                            augment=recipe.augment, shift=recipe.shift)
     return helpers.make_loader(train_set, recipe.batch_size, shuffle=True, generator=generator,
                                device=device)
 
@@ -116,6 +116,11 @@ class FlipTTA(nn.Module):
         return (self.model(x) + self.model(x.flip(3))) / 2
 
 
+def evaluated(model: nn.Module, recipe: Recipe) -> nn.Module:
+    """The network as the recipe evaluates it: with flip test-time augmentation if it asks."""
+    return FlipTTA(model) if recipe.flip_tta else model
+
+
 def with_precision(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
                    precision: torch.dtype | None) -> tuple:
     """The network and optimizer to train with in `precision`: wrapped for autocast, and for
@@ -165,7 +170,8 @@ def run_epochs(model: nn.Module, train_loader, valid_loader, recipe: Recipe,
         try:
             lr, start = current_lr(optimizer), time.perf_counter()
             train_loss = helpers.train_one_epoch(trained, train_loader, loss_fn, stepper, device)
-            valid_loss, valid_accuracy = helpers.evaluate(model, valid_loader, loss_fn, device)
+            valid_loss, valid_accuracy = helpers.evaluate(evaluated(model, recipe), valid_loader,
+                                                          loss_fn, device)
         except KeyboardInterrupt:  # Ctrl-C, or Colab's stop button
             history.interrupted = True
             log(interrupted_note(epoch, last_path))

@@ -46,14 +46,14 @@ def shift_and_flip(images: torch.Tensor, shifts: torch.Tensor, flips: torch.Tens
 class DeviceLoader:
     """Batches [B, 1, 28, 28] in 0-1 cut from uint8 tensors kept on `device`, like a DataLoader.
 
-    augment=True shifts every image by up to 2 pixels and mirrors half of them, drawn per image:
-    for training batches only (evaluation loaders leave it off).
+    augment=True shifts every image by up to `shift` pixels and mirrors half of them, drawn per
+    image: for training batches only (evaluation loaders leave it off).
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool = False,
                  generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-                 augment: bool = False) -> None:
-        self.dataset, self.batch_size = dataset, batch_size
+                 augment: bool = False, shift: int = 2) -> None:
+        self.dataset, self.batch_size, self.shift = dataset, batch_size, shift
         self.shuffle, self.generator = shuffle, generator
         self.device, self.augment = torch.device(device), augment
         images, labels = dataset_tensors(dataset)
@@ -68,8 +68,8 @@ class DeviceLoader:
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         order = order.to(self.device, non_blocking=True)
         if self.augment:
-            shifts = torch.randint(0, 5, (n, 2), generator=self.generator).to(self.device,
-                                                                              non_blocking=True)
+            shifts = torch.randint(0, 2 * self.shift + 1, (n, 2),
+                                   generator=self.generator).to(self.device, non_blocking=True)
             flips = (torch.rand(n, generator=self.generator) < 0.5).to(self.device,
                                                                        non_blocking=True)
         for start in range(0, n, self.batch_size):
@@ -78,7 +78,7 @@ class DeviceLoader:
             images = self.images[index].unsqueeze(1).float().div_(255)
             if self.augment:
                 images = shift_and_flip(images, shifts[start:start + len(index)],
-                                        flips[start:start + len(index)])
+                                        flips[start:start + len(index)], self.shift)
             yield images, self.labels[index]
 
 

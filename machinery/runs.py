@@ -73,11 +73,12 @@ def train(recipe: Recipe, device: torch.device, *, data: Path | str, runs: Path 
     report = {"recipe": recipe.name, "model": recipe.model, "epochs": history.epochs,
               "minutes": minutes, "stopped_early": history.stopped_early,
               "test_images": len(test_set), "train_images": len(train_set),
-              "last": (*helpers.evaluate(model, test_loader, loss_fn, device), str(last_path))}
+              "last": (*helpers.evaluate(engine.evaluated(model, recipe), test_loader, loss_fn,
+                                         device), str(last_path))}
     if best_path is not None:
         best_model, _ = helpers.load_checkpoint(best_path, device)
-        report["best"] = (*helpers.evaluate(best_model, test_loader, loss_fn, device),
-                          str(best_path))
+        report["best"] = (*helpers.evaluate(engine.evaluated(best_model, recipe), test_loader,
+                                            loss_fn, device), str(best_path))
         report["best_epoch"] = history.best_epoch
     return report
 
@@ -90,11 +91,12 @@ def evaluate_checkpoints(paths: list[Path], device: torch.device, data: Path | s
     test_loader = DeviceLoader(test_set, 1000, device=device)
     for path, model, meta in models:
         model = model.to(memory_format=torch.channels_last)
+        flip_tta = (meta.get("settings") or {}).get("flip_tta", False)  # as its recipe evaluates
         start = time.perf_counter()
-        test_loss, test_accuracy = helpers.evaluate(model, test_loader, nn.CrossEntropyLoss(),
-                                                    device)
+        test_loss, test_accuracy = helpers.evaluate(engine.FlipTTA(model) if flip_tta else model,
+                                                    test_loader, nn.CrossEntropyLoss(), device)
         yield {"checkpoint": str(path), "model": meta["model"], "recipe": meta.get("recipe"),
                "params": helpers.count_parameters(model), "test_accuracy": test_accuracy,
-               "test_loss": test_loss,
+               "test_loss": test_loss, "flip_tta": flip_tta,
                "test_images": len(test_set), "epoch": meta.get("epoch"), "device": str(device),
                "seconds": round(time.perf_counter() - start, 2)}

@@ -520,5 +520,5 @@ def test_evaluate_reports_each_checkpoint_on_the_whole_test_set(monkeypatch, tmp
                       "recipe": recipe.name, "params": 242_250,
                       "test_accuracy": pytest.approx(expected[1]),
                       "test_loss": pytest.approx(expected[0], rel=1e-5), "test_images": 10_000,
-                      "epoch": 3, "device": "cpu"}
+                      "epoch": 3, "device": "cpu", "flip_tta": False}
     assert isinstance(seconds, float) and 0 < seconds < took and seconds == round(seconds, 2)

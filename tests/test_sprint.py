@@ -1,0 +1,150 @@
+"""The sprint (issue 27): its network and recipe are what they declare, flip test-time
+augmentation is wired into every evaluation of a recipe that asks for it, and `bench --sprint`
+compares like with like. How fast it runs is measured by the bench, not asserted here."""
+import json
+import re
+from dataclasses import replace
+
+import pytest
+import torch
+
+import helpers
+from machinery import bench, cli, engine, runs
+from machinery.fast_path import DeviceLoader
+from machinery.networks import SprintCNN
+from machinery.recipes import RECIPES
+
+NOTEBOOK_6 = helpers.REPO_ROOT / "notebooks" / "06_train.ipynb"
+
+
+def test_the_sprint_network_has_the_parameters_its_docstring_says_and_at_most_300k():
+    stated = int(re.search(r"([\d,]+)\s+parameters", SprintCNN.__doc__)[1].replace(",", ""))
+    assert helpers.count_parameters(helpers.build_model("sprint")) == stated <= 300_000
+
+
+def test_the_sprint_network_gives_ten_logits_per_image():
+    model = helpers.build_model("sprint").eval()
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_the_sprint_recipe_declares_what_the_notebook_says():
+    recipe = RECIPES["sprint"]
+    assert type(helpers.build_model(recipe.model)) is SprintCNN
+    assert recipe.fast and recipe.augment and recipe.flip_tta and recipe.schedule == "onecycle"
+    assert recipe.shift == 0 and recipe.label_smoothing == 0.1 and recipe.epochs == 5
+
+
+def test_flip_tta_gives_the_same_logits_for_an_image_that_is_its_own_mirror():
+    torch.manual_seed(0)
+    model = helpers.build_model("sprint").eval()
+    half = torch.rand(2, 1, 28, 14)
+    symmetric = torch.cat([half, half.flip(3)], dim=3)  # the right half mirrors the left
+    lopsided = torch.cat([half, torch.zeros_like(half)], dim=3)
+    with torch.no_grad():
+        assert torch.allclose(engine.FlipTTA(model)(symmetric), model(symmetric), atol=1e-5)
+        assert not torch.allclose(engine.FlipTTA(model)(lopsided), model(lopsided), atol=1e-3)
+
+
+def test_shift_zero_only_mirrors(small_sets):
+    train, _, _ = small_sets
+    plain = DeviceLoader(train, 512, shuffle=True, generator=torch.Generator().manual_seed(0))
+    mirrored = DeviceLoader(train, 512, shuffle=True, generator=torch.Generator().manual_seed(0),
+                            augment=True, shift=0)
+    flipped = kept = 0
+    for (x, y), (x_aug, y_aug) in zip(plain, mirrored):
+        assert torch.equal(y, y_aug)
+        same = (x == x_aug).flatten(1).all(1)
+        mirror = (x.flip(3) == x_aug).flatten(1).all(1)
+        assert (same | mirror).all()  # each image as it is, or its mirror: never moved
+        kept, flipped = kept + int((same & ~mirror).sum()), flipped + int((mirror & ~same).sum())
+    assert kept > 100 and flipped > 100
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5])
+def test_a_recipe_refuses_a_shift_that_is_not_a_whole_number_of_pixels(bad):
+    with pytest.raises(ValueError, match="shift must be a whole number"):
+        replace(RECIPES["sprint"], shift=bad)
+
+
+def spy_on_evaluate(monkeypatch) -> list:
+    """Record the network each call of helpers.evaluate gets."""
+    seen, evaluate = [], helpers.evaluate
+    def recording(model, *args, **kwargs):
+        seen.append(model)
+        return evaluate(model, *args, **kwargs)
+    monkeypatch.setattr(helpers, "evaluate", recording)
+    return seen
+
+
+@pytest.mark.parametrize("flip_tta", [True, False])
+def test_validation_and_test_figures_use_flip_tta_when_the_recipe_asks(flip_tta, small_sets, cpu,
+                                                                       monkeypatch, tmp_path):
+    recipe = replace(helpers.course_settings(smoke=True, recipe="sprint"), epochs=1,
+                     flip_tta=flip_tta)
+    seen = spy_on_evaluate(monkeypatch)
+    monkeypatch.setattr(engine, "recipe_datasets", lambda *_: small_sets)
+    report = runs.train(recipe, cpu, data=tmp_path, runs=tmp_path / "runs",
+                        out=tmp_path / "sprint.pt", log=lambda _: None)
+    # validation after the epoch, then the last and the best network on the test set
+    assert len(seen) >= 3 and report["best"][2] == str(tmp_path / "sprint.pt")
+    assert all(isinstance(model, engine.FlipTTA) == flip_tta for model in seen[-3:])
+    assert isinstance(seen[0], engine.FlipTTA) == flip_tta
+
+
+def test_evaluate_command_uses_flip_tta_as_the_checkpoints_recipe_did(small_sets, cpu,
+                                                                      monkeypatch, tmp_path):
+    model = helpers.build_model("sprint")
+    paths = []
+    for flip_tta in (True, False):
+        recipe = replace(RECIPES["sprint"], flip_tta=flip_tta)
+        paths.append(engine.save(tmp_path / f"tta-{flip_tta}.pt", model, recipe, 1, {}))
+    seen = spy_on_evaluate(monkeypatch)
+    monkeypatch.setattr(helpers, "load_datasets", lambda *_, **__: small_sets)
+    results = list(runs.evaluate_checkpoints(paths, cpu, helpers.DATA_ROOT))
+    assert [r["flip_tta"] for r in results] == [True, False]
+    assert [isinstance(m, engine.FlipTTA) for m in seen] == [True, False]
+    assert results[0]["test_loss"] != pytest.approx(results[1]["test_loss"], rel=1e-6)
+
+
+def first_epoch_at_93_in_notebook_6() -> int:
+    """The first epoch of notebook 6's stored 50-epoch run with 93.0% validation accuracy."""
+    cells = json.loads(NOTEBOOK_6.read_text())["cells"]
+    text = "".join("".join(out.get("text", "")) for cell in cells
+                   for out in cell.get("outputs", []))
+    epochs = re.findall(r"epoch +(\d+)/50 .*?valid acc +([\d.]+)%", text)
+    assert len(epochs) >= 20, "notebook 6 has no stored full run"
+    return next(int(epoch) for epoch, accuracy in epochs if float(accuracy) >= 93.0)
+
+
+def test_the_bench_compares_with_no_more_epochs_than_notebook_6_recorded():
+    assert 1 <= bench.ORIGINAL_EPOCHS_TO_93 <= first_epoch_at_93_in_notebook_6()
+
+
+def test_sprint_bench_reports_both_sides_and_their_ratio(data_root):
+    recipe = helpers.course_settings(smoke=True, recipe="sprint")
+    report = bench.sprint_bench(recipe, rounds=2, root=data_root, images=256)
+    assert [run["seed"] for run in report["runs"]] == [0, 1]
+    assert all(run["epochs"] == 2 and 0 < run["test_accuracy"] <= 1 for run in report["runs"])
+    assert report["runs"][0]["test_accuracy"] != report["runs"][1]["test_accuracy"]
+    seconds = sorted(run["seconds"] for run in report["runs"])
+    assert report["median_seconds"] == pytest.approx(sum(seconds) / 2)
+    expected = bench.ORIGINAL_EPOCHS_TO_93 * report["original_epoch_seconds"]
+    assert report["original_seconds_to_93"] == pytest.approx(expected, abs=1)
+    assert report["ratio"] == pytest.approx(expected / report["median_seconds"], rel=0.05)
+    assert report["parameters"] == helpers.count_parameters(SprintCNN())
+
+
+def test_bench_sprint_flag_runs_the_sprint(monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench, "print_sprint", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(bench, "print_bench", lambda **kwargs: calls.append("plain"))
+    assert cli.main(["bench", "--sprint", "--json"]) == 0
+    assert calls == [{"json_output": True}]
+
+
+def test_sprint_run_stops_at_validation_while_a_recipe_is_being_chosen(data_root, cpu):
+    recipe = replace(helpers.course_settings(smoke=True, recipe="sprint"), epochs=1)
+    result, model = bench.sprint_run(recipe, cpu, data_root, test=False)
+    assert type(model) is SprintCNN
+    assert "test_accuracy" not in result and 0 < result["valid_accuracy"] <= 1
+    assert result["epochs"] == 1
