@@ -1,5 +1,5 @@
-"""Stage 10's networks: a small ResNet (helpers.NETWORKS names it "improved") and a sprint
-network sized for two CPU cores ("sprint"); notebook 10 explains both."""
+"""Stage 10's small ResNet (helpers.NETWORKS names it "improved") and stage 11's sprint network
+for two CPU cores ("sprint"); notebooks 10 and 11 explain them."""
 from __future__ import annotations
 
 import torch
@@ -56,12 +56,12 @@ class ImprovedCNN(nn.Module):
 
 
 class SprintCNN(nn.Module):
-    """Stage 10's sprint network: five convolutions, none at full size after the first, 278,890
+    """Stage 11's sprint network: five convolutions, only the first at full size, 278,890
     parameters.
 
-    On a CPU a convolution costs about its multiply-adds, so every block pools right after its
-    first convolution (airbench's order) and only one convolution sees all 28x28 pixels; channel
-    counts stay multiples of 32, which the CPU's convolution kernels handle best.
+    On two CPU cores a small network's time follows the values its layers write (notebook 11
+    measures it), so every block pools right after its first convolution (airbench's order):
+    BatchNorm and ReLU then touch a quarter of the values.
     """
 
     def __init__(self) -> None:
