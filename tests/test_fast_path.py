@@ -227,7 +227,7 @@ def test_one_cycle_steps_once_per_optimizer_step_and_ends_at_its_length(cpu):
     assert rates[0] < recipe.lr / 10 and rates[-1] < rates[0] / 100  # warm up, then anneal
 
 
-def test_sprint_short_run_reports_a_few_epochs_at_a_forced_precision(small_sets, cpu):
+def test_a_short_run_reports_a_few_epochs_at_a_forced_precision(small_sets, cpu):
     from machinery.tools import measure
     settings = helpers.course_settings(smoke=True, recipe="improved", batch_size=128,
                                        train_size=512, valid_size=256, test_size=256)

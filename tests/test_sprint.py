@@ -3,6 +3,7 @@ augmentation is wired into every evaluation of a recipe that asks for it, and `b
 compares like with like. How fast it runs is measured by the bench, not asserted here."""
 import json
 import re
+import time
 from dataclasses import replace
 
 import pytest
@@ -148,3 +149,26 @@ def test_sprint_run_stops_at_validation_while_a_recipe_is_being_chosen(data_root
     assert type(model) is SprintCNN
     assert "test_accuracy" not in result and 0 < result["valid_accuracy"] <= 1
     assert result["epochs"] == 1
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_the_runner_hands_the_recipes_shift_to_its_training_batches(shift, small_sets, cpu):
+    recipe = replace(RECIPES["sprint"], shift=shift)
+    loader = engine.make_train_loader(recipe, small_sets[0], torch.Generator(), cpu)
+    assert loader.augment and loader.shift == shift
+
+
+def test_an_original_epoch_counts_training_and_validation_scaled_to_the_whole_sets(small_sets,
+                                                                                   cpu,
+                                                                                   monkeypatch):
+    train, valid, _ = small_sets
+    monkeypatch.setattr(bench, "images_per_second", lambda *_: 1000.0)  # training: 0.512 s
+    timed = []
+    def slow_evaluate(model, loader, loss_fn, device):
+        timed.append(len(loader.dataset))
+        time.sleep(0.2)  # a validation pass over the share of images it gets
+        return 0.0, 0.0
+    monkeypatch.setattr(helpers, "evaluate", slow_evaluate)
+    seconds = bench.original_epoch_seconds(train, valid, cpu, images=256)
+    assert timed == [64]  # a quarter of the timed training images, then scaled: 256 / 64 = 4
+    assert 0.512 + 4 * 0.2 <= seconds < 0.512 + 4 * 0.2 + 0.4

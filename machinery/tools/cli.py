@@ -65,9 +65,9 @@ def run_execute(args) -> int:
     return 0
 
 
-def run_sprint(args) -> int:
-    from .measure import sprint
-    for result in sprint():  # meant for a GPU: on a CPU it takes hours
+def run_gpu_runs(args) -> int:
+    from .measure import gpu_runs
+    for result in gpu_runs():  # meant for a GPU: on a CPU it takes hours
         print(json.dumps(result), flush=True)
     return 0
 
@@ -134,8 +134,8 @@ def make_parser() -> argparse.ArgumentParser:
                                   "public repository")
     archive.add_argument("-o", "--output", type=Path, default=Path("fashion-mnist-cnn.zip"))
     archive.set_defaults(run=run_archive)
-    commands.add_parser("sprint", help="GPU: fp16/bf16/fp32 short runs, and time to 93%% on short "
-                        "schedules, eager and compiled").set_defaults(run=run_sprint)
+    commands.add_parser("gpu-runs", help="GPU: fp16/bf16/fp32 short runs, and time to 93%% on short "
+                        "schedules, eager and compiled").set_defaults(run=run_gpu_runs)
     commands.add_parser("loadcheck", help="memory while evaluating and predicting thousands of "
                         "times").set_defaults(run=run_loadcheck)
     commands.add_parser("images", help="draw the sprite, the architecture diagram and the sample "

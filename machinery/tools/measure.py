@@ -1,4 +1,4 @@
-"""Measurements beyond `bench`, for an instructor with a GPU (`sprint`) or checking memory
+"""Measurements beyond `bench`, for an instructor with a GPU (`gpu-runs`) or checking memory
 (`loadcheck`)."""
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def short_run(recipe, precision, train_set, test_set, device, epochs: int = 2) -
             "seconds": round(seconds, 2)}
 
 
-def sprint():
+def gpu_runs():
     """GPU measurements beyond bench, one JSON line each as they finish.
 
     First the improved recipe for two epochs in fp16 with a gradient scaler (what a T4 runs), bf16
