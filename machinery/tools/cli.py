@@ -134,8 +134,8 @@ def make_parser() -> argparse.ArgumentParser:
                                   "public repository")
     archive.add_argument("-o", "--output", type=Path, default=Path("fashion-mnist-cnn.zip"))
     archive.set_defaults(run=run_archive)
-    commands.add_parser("gpu-runs", help="GPU: fp16/bf16/fp32 short runs, and time to 93%% on short "
-                        "schedules, eager and compiled").set_defaults(run=run_gpu_runs)
+    commands.add_parser("gpu-runs", help="GPU: fp16/bf16/fp32 short runs, and time to 93%% on "
+                        "short schedules, eager and compiled").set_defaults(run=run_gpu_runs)
     commands.add_parser("loadcheck", help="memory while evaluating and predicting thousands of "
                         "times").set_defaults(run=run_loadcheck)
     commands.add_parser("images", help="draw the sprite, the architecture diagram and the sample "
