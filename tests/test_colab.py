@@ -1,8 +1,13 @@
 """Colab: checkpoints kept on Google Drive are found first when the student says so, and a runtime
 without a GPU is told what training costs there and how to switch to a T4 -- with stand-ins for
 Colab and Drive, offline."""
+import json
+import os
+import shutil
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,3 +120,75 @@ def test_a_notebook_that_trains_several_recipes_is_told_their_summed_cost():
     note = colab.runtime_note(torch.device("cpu"), *paths)
     assert (f"runs of the 3 trainings here took {minutes[0]} + {minutes[1]} + {minutes[2]} "
             f"= {sum(minutes)} min on CPU" in note)
+
+
+STAND_IN_DRIVE = '''\
+"""Stand-in for google.colab.drive: My Drive appears at the mount point only once mounted."""
+import os
+from pathlib import Path
+
+
+def mount(mountpoint, **kwargs):
+    my_drive = Path(mountpoint) / "MyDrive"
+    my_drive.parent.mkdir(parents=True, exist_ok=True)
+    if not my_drive.exists():
+        my_drive.symlink_to(os.environ["STAND_IN_CLOUD"])  # the student's Drive, in the cloud
+    print(f"Mounted at {mountpoint}")
+'''
+
+
+def stand_in_colab(tmp_path: Path) -> dict:
+    """A fresh Colab runtime: google.colab imported when the kernel starts (as Colab does), Drive
+    unmounted, the student's Drive holding what stage 6 kept there; the environment to run in."""
+    site = tmp_path / "site" / "google" / "colab"
+    site.mkdir(parents=True)
+    (site / "__init__.py").write_text("from . import drive  # noqa: F401\n")
+    (site / "drive.py").write_text(STAND_IN_DRIVE)
+    startup = tmp_path / "ipython" / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-colab.py").write_text("import google.colab  # noqa: F401\n")
+    return {**os.environ, "PYTHONPATH": str(tmp_path / "site"),
+            "IPYTHONDIR": str(tmp_path / "ipython"), "STAND_IN_CLOUD": str(tmp_path / "cloud"),
+            "FMNIST_DRIVE": str(tmp_path / "content" / "drive"), "FMNIST_SMOKE": "1",
+            "TQDM_DISABLE": "1", "MPLBACKEND": "agg"}
+
+
+def outputs(notebook: Path) -> str:
+    """Every text output of an executed notebook, in order."""
+    cells = json.loads(notebook.read_text())["cells"]
+    return "".join("".join(out.get("text", "")) for cell in cells
+                   for out in cell.get("outputs", []))
+
+
+@pytest.mark.whole_checkout
+def test_notebook_7_in_colab_mounts_drive_and_uses_the_checkpoint_stage_6_kept_there(tmp_path):
+    env = stand_in_colab(tmp_path)
+    kept = tmp_path / "cloud" / "fashion-mnist-cnn" / "checkpoints"
+    kept.mkdir(parents=True)
+    torch.manual_seed(0)  # the student's own run: epoch 3, unlike the reference's
+    helpers.save_checkpoint(kept / "original.pt", helpers.build_model("original"), epoch=3,
+                            metrics={"train_loss": 2.0, "valid_loss": 2.0, "valid_accuracy": 0.1})
+    content = tmp_path / "content"  # the runtime's /content: the course as the setup cell left it
+    course = content / "fashion-mnist-cnn"
+    course.mkdir(parents=True)
+    for part in ("helpers.py", "machinery", "reference", "images"):
+        copy = shutil.copytree if (helpers.REPO_ROOT / part).is_dir() else shutil.copy
+        copy(helpers.REPO_ROOT / part, course / part)  # what fetching the course at its tag gives
+    (course / "notebooks").mkdir()
+    notebook = json.loads((helpers.REPO_ROOT / "notebooks" / "07_predict.ipynb").read_text())
+    switch = "KEEP_ON_DRIVE = False"  # the student sets it, as notebook 6 told them
+    cells = [cell for cell in notebook["cells"] if switch in "".join(cell["source"])]
+    assert len(cells) == 1
+    cells[0]["source"] = "".join(cells[0]["source"]).replace(switch, "KEEP_ON_DRIVE = True")
+    opened = content / "07_predict.ipynb"  # Colab opens the notebook from GitHub into /content
+    opened.write_text(json.dumps(notebook))
+    run = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook",
+                          "--execute", "--inplace", str(opened)],
+                         cwd=content, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    said = outputs(opened)
+    assert f"Mounted at {content / 'drive'}" in said
+    assert ("using My Drive/fashion-mnist-cnn/checkpoints/original.pt (yours, from stage 6, "
+            "kept on Google Drive)") in said
+    assert "saved after epoch 3, validation accuracy 10.00%" in said
+    assert (content / "drive" / "MyDrive").resolve() == (tmp_path / "cloud").resolve()
