@@ -2,6 +2,8 @@
 #   make train   set up .venv, then the main job: train the original network, evaluate it
 #   make test    set up .venv, then the tests (the README's test command; .ci/run uses it too)
 #   make lab     set up .venv, then open the notebooks in JupyterLab
+#   make test-colab   the tests again on Colab's stack (Python 3.13, requirements-colab.txt) in
+#                .venv-colab; CI runs it after make test
 # The setup step creates .venv with `$(PYTHON) -m venv` and re-runs pip only when
 # requirements.txt is newer than .venv/.installed.
 
@@ -13,12 +15,20 @@ STAMP := $(VENV)/.installed
 VENV_HINT := make: '$(PYTHON) -m venv' is not available. On Debian/Ubuntu: sudo apt-get install python3-venv
 
 .DEFAULT_GOAL := help
-.PHONY: help venv train test lab
+# Colab's Python for `make test-colab`: a pyenv 3.13 where there is one, else python3.13 on PATH
+PYENV_VERSIONS := $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions
+PYTHON_COLAB ?= $(firstword $(wildcard $(PYENV_VERSIONS)/3.13*/bin/python3.13) \
+                            $(shell command -v python3.13) python3.13)
+COLAB_VENV := .venv-colab
+COLAB_STAMP := $(COLAB_VENV)/.installed
+
+.PHONY: help venv train test lab test-colab
 
 help:
 	@echo "make train   set up .venv from requirements.txt, train the original network, evaluate checkpoints/original.pt"
 	@echo "make test    set up .venv from requirements.txt, run the tests ($(PY) -m pytest; options in pytest.ini)"
 	@echo "make lab     set up .venv from requirements.txt, open notebooks/ in JupyterLab"
+	@echo "make test-colab   the tests on Colab's stack: Python 3.13 and requirements-colab.txt, in $(COLAB_VENV)"
 	@echo "make venv    only the setup step (re-runs pip when requirements.txt is newer than $(STAMP))"
 	@echo "Another interpreter: make train PYTHON=python3.12; JupyterLab options: make lab LAB_ARGS=--no-browser"
 
@@ -52,3 +62,15 @@ test: $(STAMP)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/ $(LAB_ARGS)
+
+$(COLAB_STAMP): requirements.txt requirements-colab.txt
+	@command -v $(PYTHON_COLAB) >/dev/null 2>&1 || { echo "make: $(PYTHON_COLAB) not found: give Colab's Python, make test-colab PYTHON_COLAB=/path/to/python3.13"; exit 1; }
+	@[ -x $(COLAB_VENV)/bin/pip ] || $(PYTHON_COLAB) -m venv $(COLAB_VENV)
+	@echo "== installing requirements-colab.txt into $(COLAB_VENV) (Colab's versions)"
+	@$(COLAB_VENV)/bin/python -m pip install -q -r requirements-colab.txt > $(COLAB_VENV)/pip-install.log 2>&1 || \
+	  { grep -v "^WARNING: Location" $(COLAB_VENV)/pip-install.log; exit 1; }
+	@$(COLAB_VENV)/bin/python -c "import sys, torch, torchvision, tensorboard; print('Python', sys.version.split()[0], '| torch', torch.__version__, '| torchvision', torchvision.__version__, '| tensorboard', tensorboard.__version__)"
+	@touch $(COLAB_STAMP)
+
+test-colab: $(COLAB_STAMP)
+	$(COLAB_VENV)/bin/python -m pytest

@@ -109,12 +109,35 @@ def test_ci_runs_make_test():
     script = (helpers.REPO_ROOT / ".ci" / "run").read_text()
     commands = [line.strip() for line in script.splitlines()
                 if line.strip() and not line.strip().startswith(("#", "echo"))]
-    assert "make test" in commands, commands
+    assert "make test" in commands and "make test-colab" in commands, commands
     # only via make
     assert not any("pytest" in c or "pip install" in c for c in commands), commands
     apt = next(c for c in commands if "apt-get install" in c).split()
     for package in ("make", "python3-venv", "dataset-fashion-mnist", "chromium"):
         assert package in apt, package
+
+
+def test_the_floors_of_the_course_libraries_are_colabs_tested_versions():
+    pins = {}
+    for line in (helpers.REPO_ROOT / "requirements-colab.txt").read_text().splitlines():
+        if "==" in line:
+            name, version = line.split("#")[0].strip().split("==")
+            pins[name] = version.removesuffix(".*")
+    assert {"torch", "torchvision", "tensorboard", "numpy", "matplotlib", "pillow",
+            "tqdm"} <= set(pins)
+    del pins["protobuf"]  # not ours: tensorboard's, pinned because Colab has 5.29
+    for name, version in pins.items():  # each floor is the version make test-colab installs
+        assert requirements_txt()[name] == f">={version}" or (
+            requirements_txt()[name] == f">={version}.0"), (name, requirements_txt()[name])
+
+
+@needs_make
+def test_make_test_colab_runs_the_same_tests_on_colabs_pinned_stack():
+    assert make_dry_run("test-colab")[-1] == ".venv-colab/bin/python -m pytest"
+    pins = (helpers.REPO_ROOT / "requirements-colab.txt").read_text().splitlines()
+    assert "-r requirements.txt" in pins  # the course's ranges, then Colab's versions inside them
+    for pin in ("torch==2.11.*", "torchvision==0.26.*", "tensorboard==2.20.*"):
+        assert pin in pins, pin
 
 
 @needs_make
