@@ -154,6 +154,8 @@ def sprint_run(recipe: Recipe, device, root=helpers.DATA_ROOT,
     model, optimizer, schedule, loss_fn = make_training(recipe, device, len(train_loader))
     history = run_epochs(model, train_loader, make_eval_loader(recipe, valid_set, device), recipe,
                          optimizer, schedule, loss_fn, device, log=lambda _: None)
+    if history.interrupted:  # Ctrl-C or Colab's stop button: no figures from half a run
+        raise KeyboardInterrupt
     result = {"seed": recipe.seed, "epochs": history.epochs,
               "valid_accuracy": round(history.valid_accuracy[-1], 4)}
     if test:

@@ -172,3 +172,12 @@ def test_an_original_epoch_counts_training_and_validation_scaled_to_the_whole_se
     seconds = bench.original_epoch_seconds(train, valid, cpu, images=256)
     assert timed == [64]  # a quarter of the timed training images, then scaled: 256 / 64 = 4
     assert 0.512 + 4 * 0.2 <= seconds < 0.512 + 4 * 0.2 + 0.4
+
+
+def test_a_stopped_sprint_run_stops_instead_of_reporting_half_a_run(data_root, cpu, monkeypatch):
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # Colab's stop button, during the first epoch
+    monkeypatch.setattr(helpers, "train_one_epoch", stopped)
+    recipe = replace(helpers.course_settings(smoke=True, recipe="sprint"), epochs=1)
+    with pytest.raises(KeyboardInterrupt):
+        bench.sprint_run(recipe, cpu, data_root, test=False)
