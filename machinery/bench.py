@@ -178,10 +178,10 @@ def sprint_bench(recipe: Recipe | None = None, rounds: int = 3, root=helpers.DAT
     runs = [sprint_run(replace(recipe, seed=seed), device, root)[0] for seed in range(rounds)]
     seconds = statistics.median(run["seconds"] for run in runs)
     original = ORIGINAL_EPOCHS_TO_93 * epoch_seconds
+    parameters = helpers.count_parameters(helpers.build_model(recipe.model))
     return {"machine": helpers.machine(), "device": str(device), "threads": torch.get_num_threads(),
-            "recipe": recipe.name, "parameters": helpers.count_parameters(
-                helpers.build_model(recipe.model)),
-            "runs": runs, "median_seconds": seconds,
+            "recipe": recipe.name, "parameters": parameters, "runs": runs,
+            "median_seconds": seconds,
             "mean_test_accuracy": round(statistics.mean(r["test_accuracy"] for r in runs), 4),
             "original_epoch_seconds": round(epoch_seconds, 1),
             "original_epochs_to_93": ORIGINAL_EPOCHS_TO_93,
