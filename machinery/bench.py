@@ -149,9 +149,8 @@ def sprint_run(recipe: Recipe, device, root=helpers.DATA_ROOT,
     """
     start = time.perf_counter()
     train_set, valid_set, test_set = recipe_datasets(recipe, root)
-    generator = helpers.seed_everything(recipe.seed)
-    train_loader = make_train_loader(recipe, train_set, generator, device)
-    model, optimizer, schedule, loss_fn = make_training(recipe, device, len(train_loader))
+    train_loader, test_loader, model, optimizer, schedule, loss_fn = seeded_run(
+        recipe, train_set, test_set, device)
     history = run_epochs(model, train_loader, make_eval_loader(recipe, valid_set, device), recipe,
                          optimizer, schedule, loss_fn, device, log=lambda _: None)
     if history.interrupted:  # Ctrl-C or Colab's stop button: no figures from half a run
@@ -159,8 +158,7 @@ def sprint_run(recipe: Recipe, device, root=helpers.DATA_ROOT,
     result = {"seed": recipe.seed, "epochs": history.epochs,
               "valid_accuracy": round(history.valid_accuracy[-1], 4)}
     if test:
-        _, accuracy = helpers.evaluate(evaluated(model, recipe),
-                                       make_eval_loader(recipe, test_set, device),
+        _, accuracy = helpers.evaluate(evaluated(model, recipe), test_loader,
                                        torch.nn.CrossEntropyLoss(), device)
         result["test_accuracy"] = round(accuracy, 4)
     result["seconds"] = round(time.perf_counter() - start, 1)
