@@ -43,7 +43,8 @@ def make_train_loader(recipe: Recipe, train_set: Dataset, generator: torch.Gener
     """Shuffled training batches of the recipe's size: a DataLoader, or the fast path."""
     if recipe.fast:
         return DeviceLoader(train_set, recipe.batch_size, True, generator, device,
-                            augment=recipe.augment, shift=recipe.shift)
+                            augment=recipe.augment, shift=recipe.shift,
+                            erase=recipe.erase)
     return helpers.make_loader(train_set, recipe.batch_size, shuffle=True, generator=generator,
                                device=device)
 

@@ -43,17 +43,43 @@ def shift_and_flip(images: torch.Tensor, shifts: torch.Tensor, flips: torch.Tens
                   rows[:, :, None], cols[:, None, :]].unsqueeze(1)
 
 
+def erase_boxes(images: torch.Tensor, boxes: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Random erasing: per image, the box `boxes` = (top, left, height, width) replaced by
+    `noise`; a box of height 0 erases nothing."""
+    rows = torch.arange(images.shape[2], device=images.device)[None, :, None]
+    cols = torch.arange(images.shape[3], device=images.device)[None, None, :]
+    top, left, height, width = (boxes[:, i, None, None] for i in range(4))
+    inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
+    return torch.where(inside.unsqueeze(1), noise, images)
+
+
+def random_boxes(n: int, share: float, generator: torch.Generator | None,
+                 size: int = 28) -> torch.Tensor:
+    """Boxes for random erasing (Zhong et al., 2017): for a `share` of n images, a box of 2-40%
+    of the image with a height:width ratio from 0.3 to 3.3; height 0 for the others."""
+    area, ratio, top, left, chosen = torch.rand(5, n, generator=generator)
+    area = (0.02 + 0.38 * area) * size * size
+    ratio = torch.exp(math.log(0.3) + ratio * (math.log(3.3) - math.log(0.3)))
+    height = (area * ratio).sqrt().round().clamp(1, size)
+    width = (area / ratio).sqrt().round().clamp(1, size)
+    top = (top * (size - height + 1)).floor()
+    left = (left * (size - width + 1)).floor()
+    height = torch.where(chosen < share, height, torch.zeros_like(height))
+    return torch.stack([top, left, height, width], dim=1).long()
+
+
 class DeviceLoader:
     """Batches [B, 1, 28, 28] in 0-1 cut from uint8 tensors kept on `device`, like a DataLoader.
 
     augment=True shifts every image by up to `shift` pixels and mirrors half of them, drawn per
-    image: for training batches only (evaluation loaders leave it off).
+    image, and erases a random box of an `erase` share of them: for training batches only
+    (evaluation loaders leave it off).
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool = False,
                  generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-                 augment: bool = False, shift: int = 2) -> None:
-        self.dataset, self.batch_size, self.shift = dataset, batch_size, shift
+                 augment: bool = False, shift: int = 2, erase: float = 0.0) -> None:
+        self.dataset, self.batch_size, self.shift, self.erase = dataset, batch_size, shift, erase
         self.shuffle, self.generator = shuffle, generator
         self.device, self.augment = torch.device(device), augment
         images, labels = dataset_tensors(dataset)
@@ -72,6 +98,12 @@ class DeviceLoader:
                                    generator=self.generator).to(self.device, non_blocking=True)
             flips = (torch.rand(n, generator=self.generator) < 0.5).to(self.device,
                                                                        non_blocking=True)
+        erasing = self.augment and self.erase > 0  # no draws otherwise: earlier runs repeat
+        if erasing:
+            boxes = random_boxes(n, self.erase, self.generator).to(self.device, non_blocking=True)
+            # the noise that fills the boxes is drawn on the device, from a seed drawn here
+            seed = int(torch.randint(2**62, (1,), generator=self.generator))
+            noise = torch.Generator(self.device).manual_seed(seed)
         for start in range(0, n, self.batch_size):
             index = order[start:start + self.batch_size]
             # what ToTensor does, per batch
@@ -79,6 +111,10 @@ class DeviceLoader:
             if self.augment:
                 images = shift_and_flip(images, shifts[start:start + len(index)],
                                         flips[start:start + len(index)], self.shift)
+            if erasing:
+                images = erase_boxes(images, boxes[start:start + len(index)],
+                                     torch.rand(images.shape, generator=noise,
+                                                device=self.device))
             yield images, self.labels[index]
 
 

@@ -42,7 +42,7 @@ def test_recipes_name_their_checkpoints_apart(tmp_path):
                                               tmp_path)[0].name
              for recipe in helpers.RECIPES}
     assert names == {"original": "original.pt", "original-fast": "original-fast.pt",
-                     "improved": "improved.pt", "sprint": "sprint.pt"}
+                     "improved": "improved.pt", "sprint": "sprint.pt", "accurate": "accurate.pt"}
     final = helpers.course_settings(smoke=False, recipe="improved", final_fit=True)
     assert helpers.checkpoint_paths(final, tmp_path)[1].name == "improved-final-last.pt"
 
@@ -65,7 +65,7 @@ def test_bad_recipe_settings_are_refused_with_the_way_out(overrides, message):
     with pytest.raises(ValueError) as error:
         helpers.course_settings(recipe="resnet")
     assert str(error.value) == ("unknown recipe 'resnet': choose one of original, original-fast, "
-                                "improved, sprint")
+                                "improved, sprint, accurate")
 
 
 def test_a_recipe_recorded_without_a_name_is_unnamed():

@@ -99,6 +99,12 @@ def run_trial(args) -> int:
     return 0
 
 
+def run_study(args) -> int:
+    from .study import study
+    print(json.dumps(study(args.out, args.workers, args.minutes, args.smoke)))
+    return 0
+
+
 def run_mutate(args) -> int:
     from .mutations import mutate
     report = mutate(args.only)
@@ -156,6 +162,14 @@ def make_parser() -> argparse.ArgumentParser:
     trial.add_argument("--smoke", action="store_true", help="a few thousand images, 2 epochs")
     trial.add_argument("--out", type=Path, help="checkpoints and runs under this folder")
     trial.set_defaults(run=run_trial)
+    study = commands.add_parser("study", help="the accuracy recipe's study: candidates x 3 "
+                                "seeds, chosen on validation; test read once, for the chosen")
+    study.add_argument("--out", type=Path, default=Path("checkpoints/study"),
+                       help="checkpoints, runs.jsonl and study.json go here")
+    study.add_argument("--workers", type=int, default=1, help="runs at a time (processes)")
+    study.add_argument("--minutes", type=float, help="stop runs that would end later than this")
+    study.add_argument("--smoke", action="store_true", help="a few thousand images, 2 epochs")
+    study.set_defaults(run=run_study)
     mutate = commands.add_parser("mutate",
                                  help="put named one-line bugs into a copy of the course, one at a "
                                  "time, and check that the tests catch each (minutes)")

@@ -11,17 +11,20 @@ import torch
 import helpers
 from .. import engine
 from ..basics import CHECKPOINTS, REFERENCE, REPO_ROOT, RUNS_ROOT
-from ..recipes import Recipe, checkpoint_paths
+from ..recipes import RECIPES, Recipe, checkpoint_paths
 
 
 def make_reference(checkpoint: Path, command: str, minutes: float, name: str | None = None) -> Path:
     """Copy a trained checkpoint to reference/NAME.pt (NAME: the recipe's; the network's for a
     checkpoint older than recipe names) with its test figures and how it was made; the training
-    state of a last checkpoint is left out."""
+    state of a last checkpoint is left out. A study's candidate that RECIPES adopted as NAME,
+    setting for setting, is recorded under that name."""
     device = torch.device("cpu")
     model, meta = helpers.load_checkpoint(checkpoint, device)
     _, _, test_set = helpers.load_datasets(helpers.course_settings(smoke=False))
-    test_loss, test_accuracy = helpers.evaluate(model, helpers.make_loader(test_set, 1000),
+    settings = meta.get("settings") or {}
+    evaluated = engine.FlipTTA(model) if settings.get("flip_tta") else model  # as `evaluate` does
+    test_loss, test_accuracy = helpers.evaluate(evaluated, helpers.make_loader(test_set, 1000),
                                                 torch.nn.CrossEntropyLoss(), device)
     reference = {"test_accuracy": test_accuracy, "test_loss": test_loss, "command": command,
                  # the machine that trained it, as its checkpoint recorded; older checkpoints:
@@ -30,6 +33,9 @@ def make_reference(checkpoint: Path, command: str, minutes: float, name: str | N
                  "training_minutes": round(minutes, 1)}
     path = REFERENCE / f"{name or meta.get('recipe') or meta['model']}.pt"
     kept = {k: meta.get(k) for k in ("recipe", "settings", "epoch", "metrics")}
+    adopted = {**settings, "name": name}
+    if name in RECIPES and settings and Recipe.from_dict(adopted) == RECIPES[name]:
+        kept.update(recipe=name, settings=adopted)
     helpers.save_checkpoint(path, model, **kept, reference=reference, machine=reference["machine"])
     print(f"wrote {path.relative_to(REPO_ROOT)}: test accuracy {test_accuracy:.2%}, "
           f"loss {test_loss:.4f}")

@@ -1,0 +1,148 @@
+"""`study`: choosing the accuracy recipe (at most 300K parameters, 95% as the target).
+
+Candidate recipes, each trained with seeds 0, 1, 2 in parallel worker processes, are compared
+on the validation split only. The candidate with the best mean validation accuracy is chosen by
+that rule, written here before any run; the test set is then read once, for the chosen candidate
+alone, and only if its mean validation accuracy reaches the target: a candidate that misses on
+validation leaves the test set unread for the next study.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+import helpers
+from .. import engine
+from ..bench import seeded_run
+from ..recipes import RECIPES, Recipe, smoke_sized
+
+TARGET = 0.95
+SEEDS = (0, 1, 2)
+# One change at a time: "long" is the improved recipe trained 2.5 times as long, evaluated with
+# its mirror images (flip TTA); "long-erase" adds random erasing to it, and nothing else.
+LONG = replace(RECIPES["improved"], name="long", epochs=60, flip_tta=True)
+CANDIDATES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
+    LONG,
+    replace(LONG, name="long-erase", erase=0.5),
+)}
+
+
+class PastDeadline(Exception):
+    """A run that would end after the study's deadline, stopped early."""
+
+
+def would_overrun(epoch_ends: list[float], epochs: int, deadline: float) -> bool:
+    """Whether a run whose epochs ended at these times would end after `deadline`, at the pace of
+    its epochs since the first (which pays for warming up); never judged before three epochs."""
+    if len(epoch_ends) < 3:
+        return False
+    per_epoch = (epoch_ends[-1] - epoch_ends[0]) / (len(epoch_ends) - 1)
+    return epoch_ends[-1] + per_epoch * (epochs - len(epoch_ends)) > deadline
+
+
+def run_one(name: str, seed: int, out: Path, deadline: float | None = None,
+            smoke: bool = False) -> dict:
+    """Train one candidate with one seed; save its network to OUT/NAME-sSEED.pt and return its
+    validation figures (the test set is not loaded). deadline (time.time()): stop the run when
+    its epochs so far say it cannot end before it."""
+    torch.set_num_threads(1 if torch.cuda.is_available() else torch.get_num_threads())
+    recipe = replace(smoke_sized(CANDIDATES[name], smoke), seed=seed)
+    device = helpers.pick_device()
+    start = time.time()
+    train_set, valid_set, _ = engine.recipe_datasets(recipe, helpers.DATA_ROOT)
+    train_loader, valid_loader, model, optimizer, schedule, loss_fn = seeded_run(
+        recipe, train_set, valid_set, device)
+    epochs_done = []
+
+    def watch(line: str) -> None:  # run_epochs' log: one line per epoch
+        epochs_done.append(time.time())
+        if deadline and would_overrun(epochs_done, recipe.epochs, deadline):
+            raise PastDeadline(f"{name} seed {seed}: stopped after {len(epochs_done)} epochs, "
+                               f"it would have ended past the deadline")
+
+    record = {"candidate": name, "seed": seed, "machine": helpers.machine(), "device": str(device)}
+    try:
+        history = engine.run_epochs(model, train_loader, valid_loader, recipe, optimizer,
+                                    schedule, loss_fn, device, log=watch)
+    except PastDeadline as e:
+        return {**record, "stopped": str(e), "seconds": round(time.time() - start, 1)}
+    path = engine.save(out / f"{name}-s{seed}.pt", model, recipe, history.epochs,
+                       {"valid_accuracy": history.valid_accuracy[-1]})
+    return {**record, "epochs": history.epochs,
+            "valid_accuracy": round(history.valid_accuracy[-1], 4),
+            "valid_accuracy_by_epoch": [round(a, 4) for a in history.valid_accuracy],
+            "seconds": round(time.time() - start, 1), "checkpoint": path.name}
+
+
+def choose(records: list[dict]) -> str | None:
+    """The candidate with the best mean validation accuracy over all its seeds (None when no
+    candidate finished every seed)."""
+    finished = {name: [r["valid_accuracy"] for r in records
+                       if r["candidate"] == name and "valid_accuracy" in r]
+                for name in CANDIDATES}
+    complete = {name: statistics.mean(v) for name, v in finished.items() if len(v) == len(SEEDS)}
+    return max(complete, key=complete.get) if complete else None
+
+
+def read_test(name: str, out: Path) -> list[float]:
+    """The chosen candidate's test accuracy, seed by seed, evaluated as its recipe says (flip
+    TTA)."""
+    device = helpers.pick_device()
+    recipe = CANDIDATES[name]
+    _, _, test_set = helpers.load_datasets(helpers.course_settings(smoke=False))
+    loader = engine.make_eval_loader(recipe, test_set, device)
+    accuracies = []
+    for seed in SEEDS:
+        model, _ = helpers.load_checkpoint(out / f"{name}-s{seed}.pt", device)
+        _, accuracy = helpers.evaluate(engine.evaluated(model, recipe), loader,
+                                       torch.nn.CrossEntropyLoss(), device)
+        accuracies.append(round(accuracy, 4))
+    return accuracies
+
+
+def study(out: Path, workers: int = 1, minutes: float | None = None,
+          smoke: bool = False) -> dict:
+    """Every candidate with every seed (`workers` processes at a time, within `minutes`), the
+    choice on validation, then the chosen candidate's test accuracy if validation reached
+    TARGET."""
+    out.mkdir(parents=True, exist_ok=True)
+    helpers.prepare_data(helpers.DATA_ROOT)  # once, before the workers read it
+    deadline = time.time() + 60 * minutes if minutes else None
+    (out / "runs.jsonl").write_text("")  # this study's runs only
+    jobs = [(name, seed) for name in CANDIDATES for seed in SEEDS]
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [pool.submit(run_one, name, seed, out, deadline, smoke) for name, seed in jobs]
+        records = []
+        for future in futures:
+            records.append(future.result())
+            with open(out / "runs.jsonl", "a") as log:
+                log.write(json.dumps(records[-1]) + "\n")
+    return conclude(records, out, smoke)
+
+
+def conclude(records: list[dict], out: Path, smoke: bool = False) -> dict:
+    """The study's report, also written to OUT/study.json: validation accuracies, the choice, and
+    the chosen candidate's test accuracies if its validation mean reached TARGET."""
+    table = {name: [r.get("valid_accuracy") for r in records if r["candidate"] == name]
+             for name in CANDIDATES}
+    report = {"target": TARGET, "valid_accuracy": table, "chosen": choose(records)}
+    if report["chosen"]:
+        mean = statistics.mean(table[report["chosen"]])
+        report["chosen_mean_valid_accuracy"] = round(mean, 4)
+        if mean >= TARGET and not smoke:
+            tests = read_test(report["chosen"], out)
+            report.update(test_accuracy=tests,
+                          mean_test_accuracy=round(statistics.mean(tests), 4))
+        else:
+            report["test_accuracy"] = ("not read: " + ("smoke mode" if smoke else
+                                       "the chosen candidate's validation mean missed the target"))
+    (out / "study.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
