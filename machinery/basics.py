@@ -11,7 +11,9 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = REPO_ROOT / "data"            # torchvision's layout below it: data/FashionMNIST/raw/
 RUNS_ROOT = REPO_ROOT / "runs"            # one TensorBoard run directory per training run
-CHECKPOINTS = REPO_ROOT / "checkpoints"   # yours, from training (not in git)
+# yours, from training (not in git); FMNIST_CHECKPOINTS moves it (the notebook tests give each
+# notebook its own, so none finds a checkpoint another notebook's smoke run left)
+CHECKPOINTS = Path(os.environ.get("FMNIST_CHECKPOINTS", REPO_ROOT / "checkpoints"))
 REFERENCE = REPO_ROOT / "reference"       # trained by the course authors, shipped in git
 # In Colab, checkpoints kept on Google Drive outlive the runtime, and notebooks 7-9 find them there.
 # Colab mounts Drive at /content/drive; FMNIST_DRIVE moves it (the tests' stand-in Colab).

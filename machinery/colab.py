@@ -9,6 +9,7 @@ import torch
 
 from .basics import CHECKPOINTS, DRIVE_CHECKPOINTS, REFERENCE
 from .checkpoint_file import read_checkpoint
+from .recipes import Recipe, checkpoint_paths, smoke_sized
 
 T4_HOWTO = "Runtime > Change runtime type > T4 GPU, then Runtime > Run all"
 
@@ -42,16 +43,22 @@ def checkpoint_folder(keep_on_drive: bool, log=print) -> Path:
 
 
 def course_checkpoint(name: str = "original", keep_on_drive: bool = False, log=print) -> Path:
-    """Your best checkpoint from stage 6 -- on Google Drive when keep_on_drive says stage 6 kept it
-    there (mounted here, in Colab), else in checkpoints/ -- otherwise the course's reference."""
+    """Your checkpoint NAME from stage 6 -- on Google Drive when keep_on_drive says stage 6 kept it
+    there (mounted here, in Colab), else in checkpoints/ -- otherwise the course's reference.
+
+    NAME is a recipe's best checkpoint ("original") or its last ("original-last"); in smoke mode
+    stage 6 writes them as original-smoke.pt and original-smoke-last.pt, and those are yours.
+    """
+    recipe, last = name.removesuffix("-last"), name.endswith("-last")
+    yours = checkpoint_paths(smoke_sized(Recipe(recipe)))[last].name  # as stage 6 names them
     folders = [CHECKPOINTS]
     if keep_on_drive and in_colab():
         folders.insert(0, mount_drive())  # each notebook's runtime starts with Drive unmounted
     elif keep_on_drive:
         log("not in Colab: no Drive to look in, only checkpoints/ on this machine's disk")
     for folder in folders:
-        if (folder / f"{name}.pt").is_file():
-            return folder / f"{name}.pt"
+        if (folder / yours).is_file():
+            return folder / yours
     return REFERENCE / f"{name}.pt"
 
 

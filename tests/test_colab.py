@@ -66,6 +66,23 @@ def test_stages_7_to_9_use_your_run_then_the_reference(folders):
     assert "not in Colab" in said[0]
 
 
+def test_in_smoke_mode_yours_are_the_checkpoints_a_smoke_run_of_stage_6_writes(folders,
+                                                                                monkeypatch):
+    _, local = folders
+    local.mkdir(parents=True)
+    for name in ("original.pt", "original-last.pt"):  # a full run's: not this mode's
+        (local / name).write_bytes(b"")
+    monkeypatch.setenv("FMNIST_SMOKE", "1")
+    assert helpers.course_checkpoint("original") == helpers.REFERENCE / "original.pt"
+    best, last = helpers.checkpoint_paths(helpers.course_settings(), local)  # stage 6's names
+    best.write_bytes(b"")
+    last.write_bytes(b"")
+    assert helpers.course_checkpoint("original") == local / "original-smoke.pt" == best
+    assert helpers.course_checkpoint("original-last") == local / "original-smoke-last.pt" == last
+    monkeypatch.setenv("FMNIST_SMOKE", "0")
+    assert helpers.course_checkpoint("original-last") == local / "original-last.pt"
+
+
 def test_a_checkpoint_kept_on_drive_is_found_on_a_fresh_runtime_only_when_asked(folders,
                                                                                 in_colab):
     drive, local = folders
@@ -131,8 +148,10 @@ from pathlib import Path
 def mount(mountpoint, **kwargs):
     my_drive = Path(mountpoint) / "MyDrive"
     my_drive.parent.mkdir(parents=True, exist_ok=True)
-    if not my_drive.exists():
-        my_drive.symlink_to(os.environ["STAND_IN_CLOUD"])  # the student's Drive, in the cloud
+    cloud = Path(os.environ["STAND_IN_CLOUD"])  # the student's Drive, in the cloud
+    cloud.mkdir(parents=True, exist_ok=True)
+    if not my_drive.is_symlink():  # mounting again changes nothing
+        my_drive.symlink_to(cloud)
     print(f"Mounted at {mountpoint}")
 '''
 
@@ -160,35 +179,71 @@ def outputs(notebook: Path) -> str:
                    for out in cell.get("outputs", []))
 
 
-@pytest.mark.whole_checkout
-def test_notebook_7_in_colab_mounts_drive_and_uses_the_checkpoint_stage_6_kept_there(tmp_path):
-    env = stand_in_colab(tmp_path)
-    kept = tmp_path / "cloud" / "fashion-mnist-cnn" / "checkpoints"
-    kept.mkdir(parents=True)
-    torch.manual_seed(0)  # the student's own run: epoch 3, unlike the reference's
-    helpers.save_checkpoint(kept / "original.pt", helpers.build_model("original"), epoch=3,
-                            metrics={"train_loss": 2.0, "valid_loss": 2.0, "valid_accuracy": 0.1})
-    content = tmp_path / "content"  # the runtime's /content: the course as the setup cell left it
-    course = content / "fashion-mnist-cnn"
-    course.mkdir(parents=True)
+def course_on_github(tmp_path: Path) -> Path:
+    """A stand-in for the course's repository on GitHub: what a student's runtime fetches (code,
+    reference checkpoints, pictures; the notebooks come from Colab), tagged v-test."""
+    origin = tmp_path / "github"
+    origin.mkdir()
     for part in ("helpers.py", "machinery", "reference", "images"):
-        copy = shutil.copytree if (helpers.REPO_ROOT / part).is_dir() else shutil.copy
-        copy(helpers.REPO_ROOT / part, course / part)  # what fetching the course at its tag gives
-    (course / "notebooks").mkdir()
-    notebook = json.loads((helpers.REPO_ROOT / "notebooks" / "07_predict.ipynb").read_text())
-    switch = "KEEP_ON_DRIVE = False"  # the student sets it, as notebook 6 told them
+        if (helpers.REPO_ROOT / part).is_dir():
+            shutil.copytree(helpers.REPO_ROOT / part, origin / part,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(helpers.REPO_ROOT / part, origin / part)
+    (origin / "notebooks").mkdir()
+    (origin / "notebooks" / "README.md").write_text("the notebooks\n")
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-C", str(origin)]
+    for step in (["init", "--quiet"], ["add", "."], ["commit", "--quiet", "-m", "course"],
+                 ["tag", "v-test"]):
+        subprocess.run(git + step, check=True)
+    return origin
+
+
+def open_in_colab(stem: str, runtime: Path) -> Path:
+    """A notebook opened from GitHub in a fresh runtime, its KEEP_ON_DRIVE switched to True."""
+    notebook = json.loads((helpers.REPO_ROOT / "notebooks" / f"{stem}.ipynb").read_text())
+    switch = "KEEP_ON_DRIVE = False"
     cells = [cell for cell in notebook["cells"] if switch in "".join(cell["source"])]
     assert len(cells) == 1
     cells[0]["source"] = "".join(cells[0]["source"]).replace(switch, "KEEP_ON_DRIVE = True")
-    opened = content / "07_predict.ipynb"  # Colab opens the notebook from GitHub into /content
+    runtime.mkdir(parents=True)
+    opened = runtime / f"{stem}.ipynb"
     opened.write_text(json.dumps(notebook))
-    run = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook",
-                          "--execute", "--inplace", str(opened)],
-                         cwd=content, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
-    said = outputs(opened)
-    assert f"Mounted at {content / 'drive'}" in said
-    assert ("using My Drive/fashion-mnist-cnn/checkpoints/original.pt (yours, from stage 6, "
-            "kept on Google Drive)") in said
-    assert "saved after epoch 3, validation accuracy 10.00%" in said
-    assert (content / "drive" / "MyDrive").resolve() == (tmp_path / "cloud").resolve()
+    return opened
+
+
+@pytest.mark.whole_checkout
+def test_a_colab_student_keeps_stage_6_on_drive_and_stages_7_to_9_use_it(tmp_path):
+    """The walk-through: notebook 6 (smoke mode) keeps its checkpoints on Drive; notebooks 7, 8
+    and 9 each open on a fresh runtime -- nothing on its disk, the course fetched at its tag,
+    Drive unmounted -- and each uses the student's checkpoint."""
+    env = {**stand_in_colab(tmp_path), "FMNIST_COURSE_REPO": course_on_github(tmp_path).as_uri(),
+           "FMNIST_COURSE_REF": "v-test",
+           "FMNIST_DATA": str(helpers.DATA_ROOT / "FashionMNIST" / "raw")}
+    cloud = tmp_path / "cloud" / "fashion-mnist-cnn" / "checkpoints"  # the student's Drive
+    said = {}
+    for stem in ("06_train", "07_predict", "08_evaluate", "09_save_load"):
+        runtime = tmp_path / f"runtime-{stem}" / "content"  # each notebook: a fresh /content
+        env["FMNIST_DRIVE"] = str(runtime / "drive")
+        opened = open_in_colab(stem, runtime)
+        run = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook",
+                              "--execute", "--inplace", str(opened)],
+                             cwd=runtime, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, f"{stem}: {run.stderr[-2000:]}"
+        said[stem] = outputs(opened)
+        assert f"Mounted at {runtime / 'drive'}" in said[stem], stem
+        assert (runtime / "fashion-mnist-cnn" / "helpers.py").is_file()  # fetched at the tag
+    assert sorted(p.name for p in cloud.glob("*.pt")) == ["original-smoke-last.pt",
+                                                          "original-smoke.pt"]
+    best = helpers.read_checkpoint(cloud / "original-smoke.pt")
+    yours = ("My Drive/fashion-mnist-cnn/checkpoints/original-smoke.pt (yours, from stage 6, "
+             "kept on Google Drive)")
+    valid = f"validation accuracy {best['metrics']['valid_accuracy']:.2%}"
+    assert f"using {yours}\nsaved after epoch {best['epoch']}, {valid}" in said["07_predict"]
+    assert f"checkpoint: {yours}\nsaved at epoch {best['epoch']}, {valid}" in said["08_evaluate"]
+    assert f"using {yours}, epoch {best['epoch']}" in said["09_save_load"]
+    last = helpers.read_checkpoint(cloud / "original-smoke-last.pt")
+    for name, checkpoint in (("original-smoke.pt", best), ("original-smoke-last.pt", last)):
+        line = f"{'checkpoints/' + name:28s} epoch {checkpoint['epoch']:>2}"  # as notebook 9 prints
+        assert f"\n{line}" in said["09_save_load"]
+    assert "reference/original" not in said["07_predict"] + said["08_evaluate"]
