@@ -22,8 +22,10 @@ def in_colab() -> bool:
 def mount_drive() -> Path:
     """Mount Google Drive at /content/drive (Colab asks for permission once a runtime); return the
     course's checkpoint folder on it."""
-    from google.colab import drive
-    drive.mount(str(DRIVE_CHECKPOINTS.parents[2]))
+    my_drive, mount_point = DRIVE_CHECKPOINTS.parents[1], DRIVE_CHECKPOINTS.parents[2]
+    if not my_drive.is_dir():  # not mounted yet (mounting again only prints a notice)
+        from google.colab import drive
+        drive.mount(str(mount_point))
     return DRIVE_CHECKPOINTS
 
 
