@@ -52,7 +52,8 @@ def run_one(name: str, seed: int, out: Path, deadline: float | None = None,
     """Train one candidate with one seed; save its network to OUT/NAME-sSEED.pt and return its
     validation figures (the test set is not loaded). deadline (time.time()): stop the run when
     its epochs so far say it cannot end before it."""
-    torch.set_num_threads(1 if torch.cuda.is_available() else torch.get_num_threads())
+    if torch.cuda.is_available():  # the GPU trains; the workers share the CPU for the rest
+        torch.set_num_threads(1)
     recipe = replace(smoke_sized(CANDIDATES[name], smoke), seed=seed)
     device = helpers.pick_device()
     start = time.time()

@@ -12,6 +12,7 @@ import helpers
 from .. import engine
 from ..basics import CHECKPOINTS, REFERENCE, REPO_ROOT, RUNS_ROOT
 from ..recipes import RECIPES, Recipe, checkpoint_paths
+from ..runs import evaluate_checkpoints
 
 
 def make_reference(checkpoint: Path, command: str, minutes: float, name: str | None = None) -> Path:
@@ -21,11 +22,10 @@ def make_reference(checkpoint: Path, command: str, minutes: float, name: str | N
     setting for setting, is recorded under that name."""
     device = torch.device("cpu")
     model, meta = helpers.load_checkpoint(checkpoint, device)
-    _, _, test_set = helpers.load_datasets(helpers.course_settings(smoke=False))
+    # the figures `python helpers.py evaluate` prints for it (with flip TTA if its recipe has it)
+    figures = next(evaluate_checkpoints([checkpoint], device, helpers.DATA_ROOT))
+    test_loss, test_accuracy = figures["test_loss"], figures["test_accuracy"]
     settings = meta.get("settings") or {}
-    evaluated = engine.FlipTTA(model) if settings.get("flip_tta") else model  # as `evaluate` does
-    test_loss, test_accuracy = helpers.evaluate(evaluated, helpers.make_loader(test_set, 1000),
-                                                torch.nn.CrossEntropyLoss(), device)
     reference = {"test_accuracy": test_accuracy, "test_loss": test_loss, "command": command,
                  # the machine that trained it, as its checkpoint recorded; older checkpoints:
                  # this one
