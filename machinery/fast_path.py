@@ -60,8 +60,9 @@ def random_boxes(n: int, share: float, generator: torch.Generator | None,
     area, ratio, top, left, chosen = torch.rand(5, n, generator=generator)
     area = (0.02 + 0.38 * area) * size * size
     ratio = torch.exp(math.log(0.3) + ratio * (math.log(3.3) - math.log(0.3)))
-    height = (area * ratio).sqrt().round().clamp(1, size)
-    width = (area / ratio).sqrt().round().clamp(1, size)
+    # the smallest box (2% of the image, ratio 3.3) is still 2 pixels wide: no lower clamp
+    height = (area * ratio).sqrt().round().clamp(max=size)
+    width = (area / ratio).sqrt().round().clamp(max=size)
     top = (top * (size - height + 1)).floor()
     left = (left * (size - width + 1)).floor()
     height = torch.where(chosen < share, height, torch.zeros_like(height))

@@ -30,8 +30,25 @@ def test_random_boxes_erase_the_asked_share_inside_the_image():
     assert area.min() >= 0.01 and area.max() <= 0.45 and 0.15 < area.mean() < 0.25
     ratio = (height / width)[chosen].float()
     assert ratio.min() < 0.5 and ratio.max() > 2  # tall and wide boxes both
+    assert abs(ratio.log().mean()) < 0.03 and (ratio > 3.4).float().mean() < 0.01  # 0.3 to 3.3
+    assert (height[chosen] >= 2).all() and (width[chosen] >= 2).all()
     assert (width[~chosen] > 0).all()  # unchosen: height 0 alone says "no box"
     assert not random_boxes(1000, 0.0, torch.Generator().manual_seed(0))[:, 2].any()
+
+
+def test_the_boxes_come_from_the_loaders_generator_alone():
+    """A seeded run repeats its erasing whatever else drew from torch's global generator."""
+    torch.manual_seed(1)
+    first = random_boxes(100, 0.5, torch.Generator().manual_seed(0))
+    torch.manual_seed(2)
+    assert torch.equal(first, random_boxes(100, 0.5, torch.Generator().manual_seed(0)))
+
+
+def test_erasing_stays_on_the_images_device():
+    """The index grids are made where the images are (a GPU's batches stay on the GPU)."""
+    images = torch.zeros(2, 1, 28, 28, device="meta")  # any mixing with CPU tensors raises
+    boxes = torch.zeros(2, 4, dtype=torch.long, device="meta")
+    assert erase_boxes(images, boxes, images).device.type == "meta"
 
 
 def test_erase_boxes_replaces_exactly_the_box():
