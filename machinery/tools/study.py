@@ -22,6 +22,7 @@ import helpers
 from .. import engine
 from ..bench import seeded_run
 from ..recipes import RECIPES, Recipe, smoke_sized
+from ..runs import evaluate_checkpoints
 
 TARGET = 0.95
 SEEDS = (0, 1, 2)
@@ -93,19 +94,11 @@ def choose(records: list[dict]) -> str | None:
 
 
 def read_test(name: str, out: Path) -> list[float]:
-    """The chosen candidate's test accuracy, seed by seed, evaluated as its recipe says (flip
-    TTA)."""
-    device = helpers.pick_device()
-    recipe = CANDIDATES[name]
-    _, _, test_set = helpers.load_datasets(helpers.course_settings(smoke=False))
-    loader = engine.make_eval_loader(recipe, test_set, device)
-    accuracies = []
-    for seed in SEEDS:
-        model, _ = helpers.load_checkpoint(out / f"{name}-s{seed}.pt", device)
-        _, accuracy = helpers.evaluate(engine.evaluated(model, recipe), loader,
-                                       torch.nn.CrossEntropyLoss(), device)
-        accuracies.append(round(accuracy, 4))
-    return accuracies
+    """The chosen candidate's test accuracy, seed by seed, as `python helpers.py evaluate` gives
+    it (with the flip TTA its recipe records)."""
+    paths = [out / f"{name}-s{seed}.pt" for seed in SEEDS]
+    return [round(figures["test_accuracy"], 4)
+            for figures in evaluate_checkpoints(paths, helpers.pick_device(), helpers.DATA_ROOT)]
 
 
 def study(out: Path, workers: int = 1, minutes: float | None = None,
