@@ -54,3 +54,41 @@ def test_the_second_rung_trains_a_smoke_epoch_on_the_cpu(small_sets, cpu, tmp_pa
             and 0 <= history.valid_accuracy[0] <= 1)
     assert lines[0].startswith("recipe ladder-1-improved-network: improved (261,298 parameters)")
     assert helpers.read_checkpoint(tmp_path / "last.pt")["recipe"] == "ladder-1-improved-network"
+
+
+# ---- the ladder study (python -m machinery.tools ladder) -------------------------------------
+
+class Unreadable:
+    """A test set that fails the moment anything reads it."""
+
+    def __len__(self):
+        raise AssertionError("the ladder read the test set")
+
+    def __getitem__(self, index):
+        raise AssertionError("the ladder read the test set")
+
+
+def test_the_ladder_study_records_validation_only_and_resumes(tmp_path, monkeypatch):
+    from machinery.tools import study
+    loaded = engine.recipe_datasets
+    monkeypatch.setattr(engine, "recipe_datasets",
+                        lambda recipe, root: (*loaded(recipe, root)[:2], Unreadable()))
+    rungs = [dataclasses.replace(rung, train_size=256, valid_size=128, epochs=2)
+             for rung in ladder_recipes(smoke=True)[:2]]
+    first = study.ladder(tmp_path, rungs=rungs, seeds=(0,))
+    assert [(r["candidate"], r["seed"]) for r in first] == [(rungs[0].name, 0),
+                                                            (rungs[1].name, 0)]
+    for run in first:
+        by_epoch = run["valid_accuracy_by_epoch"]
+        assert run["epochs"] == len(by_epoch) == 2 and run["valid_accuracy"] == by_epoch[-1]
+        assert run["best_valid_accuracy"] == max(by_epoch) == by_epoch[run["best_epoch"] - 1]
+        assert "test_accuracy" not in run
+    written = (tmp_path / study.LADDER_RECORD).read_text()
+    # a second call runs only the seed the record lacks, and keeps what it holds
+    both = study.ladder(tmp_path, rungs=rungs, seeds=(0, 1))
+    assert [(r["candidate"], r["seed"]) for r in both[2:]] == [(rungs[0].name, 1),
+                                                               (rungs[1].name, 1)]
+    assert both[:2] == first
+    lines = (tmp_path / study.LADDER_RECORD).read_text()
+    assert lines.startswith(written) and len(lines.splitlines()) == 4
+    assert study.ladder(tmp_path, rungs=rungs, seeds=(0, 1)) == both  # nothing left to run

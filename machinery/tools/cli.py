@@ -105,6 +105,13 @@ def run_study(args) -> int:
     return 0
 
 
+def run_ladder(args) -> int:
+    from .study import ladder
+    for run in ladder(args.out, args.workers, args.minutes, args.smoke):
+        print(json.dumps({k: v for k, v in run.items() if k != "valid_accuracy_by_epoch"}))
+    return 0
+
+
 def run_mutate(args) -> int:
     from .mutations import mutate
     report = mutate(args.only)
@@ -170,6 +177,14 @@ def make_parser() -> argparse.ArgumentParser:
     study.add_argument("--minutes", type=float, help="stop runs that would end later than this")
     study.add_argument("--smoke", action="store_true", help="a few thousand images, 2 epochs")
     study.set_defaults(run=run_study)
+    ladder = commands.add_parser("ladder", help="notebook 10's ladder: each rung x 3 seeds on "
+                                 "validation, appended to OUT/ladder.jsonl; resumes")
+    ladder.add_argument("--out", type=Path, default=Path("checkpoints/ladder"),
+                        help="ladder.jsonl goes here (runs it holds are not run again)")
+    ladder.add_argument("--workers", type=int, default=1, help="runs at a time (processes)")
+    ladder.add_argument("--minutes", type=float, help="stop runs that would end later than this")
+    ladder.add_argument("--smoke", action="store_true", help="a few thousand images, 2 epochs")
+    ladder.set_defaults(run=run_ladder)
     mutate = commands.add_parser("mutate",
                                  help="put named one-line bugs into a copy of the course, one at a "
                                  "time, and check that the tests catch each (minutes)")

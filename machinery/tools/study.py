@@ -1,10 +1,15 @@
-"""`study`: choosing the accuracy recipe (at most 300K parameters, 95% as the target).
+"""`study`: choosing the accuracy recipe (at most 300K parameters, 95% as the target), and `ladder`:
+notebook 10's ladder of recipes, one change a rung, each rung with three seeds.
 
 Candidate recipes, each trained with seeds 0, 1, 2 in parallel worker processes, are compared
 on the validation split only. The candidate with the best mean validation accuracy is chosen by
 that rule, written here before any run; the test set is then read once, for the chosen candidate
 alone, and only if its mean validation accuracy reaches the target: a candidate that misses on
 validation leaves the test set unread for the next study.
+
+The ladder (machinery.recipes.LADDER) reads no test image at all: each rung's seeds are recorded on
+validation (the best epoch's accuracy, the deliverable of an early-stopping recipe, and the last
+epoch's), one JSON line per run, and a second call runs only what the file does not hold yet.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import torch
 import helpers
 from .. import engine
 from ..bench import seeded_run
-from ..recipes import RECIPES, Recipe, smoke_sized
+from ..recipes import RECIPES, Recipe, ladder_recipes, smoke_sized
 from ..runs import evaluate_checkpoints
 
 TARGET = 0.95
@@ -48,14 +53,15 @@ def would_overrun(epoch_ends: list[float], epochs: int, deadline: float) -> bool
     return epoch_ends[-1] + per_epoch * (epochs - len(epoch_ends)) > deadline
 
 
-def run_one(name: str, seed: int, out: Path, deadline: float | None = None,
+def run_one(candidate: Recipe, seed: int, out: Path | None, deadline: float | None = None,
             smoke: bool = False) -> dict:
-    """Train one candidate with one seed; save its network to OUT/NAME-sSEED.pt and return its
-    validation figures (the test set is not loaded). deadline (time.time()): stop the run when
-    its epochs so far say it cannot end before it."""
+    """Train one candidate with one seed and return its validation figures (the test set is not
+    loaded); with `out`, save its network to OUT/NAME-sSEED.pt. deadline (time.time()): stop the
+    run when its epochs so far say it cannot end before it."""
     if torch.cuda.is_available():  # the GPU trains; the workers share the CPU for the rest
         torch.set_num_threads(1)
-    recipe = replace(smoke_sized(CANDIDATES[name], smoke), seed=seed)
+    name = candidate.name
+    recipe = replace(smoke_sized(candidate, smoke), seed=seed)
     device = helpers.pick_device()
     start = time.time()
     train_set, valid_set, _ = engine.recipe_datasets(recipe, helpers.DATA_ROOT)
@@ -75,12 +81,16 @@ def run_one(name: str, seed: int, out: Path, deadline: float | None = None,
                                     schedule, loss_fn, device, log=watch)
     except PastDeadline as e:
         return {**record, "stopped": str(e), "seconds": round(time.time() - start, 1)}
-    path = engine.save(out / f"{name}-s{seed}.pt", model, recipe, history.epochs,
-                       {"valid_accuracy": history.valid_accuracy[-1]})
-    return {**record, "epochs": history.epochs,
-            "valid_accuracy": round(history.valid_accuracy[-1], 4),
-            "valid_accuracy_by_epoch": [round(a, 4) for a in history.valid_accuracy],
-            "seconds": round(time.time() - start, 1), "checkpoint": path.name}
+    best = max(range(history.epochs), key=history.valid_accuracy.__getitem__)  # the first best
+    record.update(epochs=history.epochs, valid_accuracy=round(history.valid_accuracy[-1], 4),
+                  best_epoch=best + 1, best_valid_accuracy=round(history.valid_accuracy[best], 4),
+                  valid_accuracy_by_epoch=[round(a, 4) for a in history.valid_accuracy],
+                  seconds=round(time.time() - start, 1))
+    if out is not None:
+        path = engine.save(out / f"{name}-s{seed}.pt", model, recipe, history.epochs,
+                           {"valid_accuracy": history.valid_accuracy[-1]})
+        record["checkpoint"] = path.name
+    return record
 
 
 def choose(records: list[dict]) -> str | None:
@@ -113,7 +123,8 @@ def study(out: Path, workers: int = 1, minutes: float | None = None,
     jobs = [(name, seed) for name in CANDIDATES for seed in SEEDS]
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        futures = [pool.submit(run_one, name, seed, out, deadline, smoke) for name, seed in jobs]
+        futures = [pool.submit(run_one, CANDIDATES[name], seed, out, deadline, smoke)
+                   for name, seed in jobs]
         records = []
         for future in futures:
             records.append(future.result())
@@ -140,3 +151,36 @@ def conclude(records: list[dict], out: Path, smoke: bool = False) -> dict:
                                        "the chosen candidate's validation mean missed the target"))
     (out / "study.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
+
+
+LADDER_RECORD = "ladder.jsonl"
+
+
+def ladder(out: Path, workers: int = 1, minutes: float | None = None, smoke: bool = False,
+           rungs: list[Recipe] | None = None, seeds: tuple[int, ...] = SEEDS) -> list[dict]:
+    """Every rung of the ladder with every seed, on validation only, appended to
+    OUT/ladder.jsonl as each run ends; runs the file already holds are not run again."""
+    out.mkdir(parents=True, exist_ok=True)
+    record = out / LADDER_RECORD
+    done = []
+    if record.is_file():
+        done = [json.loads(line) for line in record.read_text().splitlines()]
+    finished = {(r["candidate"], r["seed"]) for r in done if "best_valid_accuracy" in r}
+    rungs = ladder_recipes(smoke=False) if rungs is None else rungs
+    jobs = [(rung, seed) for seed in seeds for rung in rungs if (rung.name, seed) not in finished]
+    helpers.prepare_data(helpers.DATA_ROOT)  # once, before the workers read it
+    deadline = time.time() + 60 * minutes if minutes else None
+    if workers <= 1:  # one run at a time, in this process
+        runs = (run_one(rung, seed, None, deadline, smoke) for rung, seed in jobs)
+        return done + [append(record, run) for run in runs]
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [pool.submit(run_one, rung, seed, None, deadline, smoke) for rung, seed in jobs]
+        return done + [append(record, future.result()) for future in futures]
+
+
+def append(record: Path, run: dict) -> dict:
+    """One run's line at the end of a JSON-lines record, written as soon as the run ends."""
+    with open(record, "a") as log:
+        log.write(json.dumps(run) + "\n")
+    return run
