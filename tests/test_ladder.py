@@ -58,22 +58,34 @@ def test_the_second_rung_trains_a_smoke_epoch_on_the_cpu(small_sets, cpu, tmp_pa
 
 # ---- the ladder study (python -m machinery.tools ladder) -------------------------------------
 
-class Unreadable:
-    """A test set that fails the moment anything reads it."""
-
-    def __len__(self):
-        raise AssertionError("the ladder read the test set")
-
-    def __getitem__(self, index):
-        raise AssertionError("the ladder read the test set")
-
-
-def test_the_ladder_study_records_validation_only_and_resumes(tmp_path, monkeypatch):
+def test_the_ladder_study_reads_the_test_set_after_training_and_resumes(tmp_path, monkeypatch):
     from machinery.tools import study
-    loaded = engine.recipe_datasets
-    monkeypatch.setattr(engine, "recipe_datasets",
-                        lambda recipe, root: (*loaded(recipe, root)[:2], Unreadable()))
-    rungs = [dataclasses.replace(rung, train_size=256, valid_size=128, epochs=2)
+    training, tests_read = [], []
+    loaded, run_epochs, make_eval_loader = (engine.recipe_datasets, engine.run_epochs,
+                                            engine.make_eval_loader)
+
+    def spied_datasets(recipe, root):
+        train, valid, test = loaded(recipe, root)
+        tests_read.append([test, 0])
+        return train, valid, test
+
+    def spied_run_epochs(*args, **kwargs):
+        training.append(True)
+        try:
+            return run_epochs(*args, **kwargs)
+        finally:
+            training.clear()
+
+    def spied_eval_loader(recipe, dataset, device):  # where the fast path reads a set's images
+        if dataset is tests_read[-1][0]:
+            assert not training, "the ladder read the test set during training"
+            tests_read[-1][1] += 1
+        return make_eval_loader(recipe, dataset, device)
+
+    monkeypatch.setattr(engine, "recipe_datasets", spied_datasets)
+    monkeypatch.setattr(engine, "run_epochs", spied_run_epochs)
+    monkeypatch.setattr(engine, "make_eval_loader", spied_eval_loader)
+    rungs = [dataclasses.replace(rung, train_size=256, valid_size=128, test_size=128, epochs=2)
              for rung in ladder_recipes(smoke=True)[:2]]
     first = study.ladder(tmp_path, rungs=rungs, seeds=(0,))
     assert [(r["candidate"], r["seed"]) for r in first] == [(rungs[0].name, 0),
@@ -82,7 +94,8 @@ def test_the_ladder_study_records_validation_only_and_resumes(tmp_path, monkeypa
         by_epoch = run["valid_accuracy_by_epoch"]
         assert run["epochs"] == len(by_epoch) == 2 and run["valid_accuracy"] == by_epoch[-1]
         assert run["best_valid_accuracy"] == max(by_epoch) == by_epoch[run["best_epoch"] - 1]
-        assert "test_accuracy" not in run
+        assert 0 <= run["test_accuracy"] <= 1
+        assert run["command"] == "python -m machinery.tools ladder"
     written = (tmp_path / study.LADDER_RECORD).read_text()
     # a second call runs only the seed the record lacks, and keeps what it holds
     both = study.ladder(tmp_path, rungs=rungs, seeds=(0, 1))
@@ -92,3 +105,4 @@ def test_the_ladder_study_records_validation_only_and_resumes(tmp_path, monkeypa
     lines = (tmp_path / study.LADDER_RECORD).read_text()
     assert lines.startswith(written) and len(lines.splitlines()) == 4
     assert study.ladder(tmp_path, rungs=rungs, seeds=(0, 1)) == both  # nothing left to run
+    assert [reads for _, reads in tests_read] == [1, 1, 1, 1]  # once a run, after training

@@ -7,9 +7,10 @@ that rule, written here before any run; the test set is then read once, for the 
 alone, and only if its mean validation accuracy reaches the target: a candidate that misses on
 validation leaves the test set unread for the next study.
 
-The ladder (machinery.recipes.LADDER) reads no test image at all: each rung's seeds are recorded on
-validation (the best epoch's accuracy, the deliverable of an early-stopping recipe, and the last
-epoch's), one JSON line per run, and a second call runs only what the file does not hold yet.
+The ladder (machinery.recipes.LADDER) chooses nothing: its rungs are fixed in the file. Each rung's
+seeds are recorded on validation, epoch by epoch, and the finished network's test accuracy is read
+once, after its last epoch, to be reported; one JSON line per run, and a second call runs only what
+the file does not hold yet.
 """
 from __future__ import annotations
 
@@ -54,17 +55,18 @@ def would_overrun(epoch_ends: list[float], epochs: int, deadline: float) -> bool
 
 
 def run_one(candidate: Recipe, seed: int, out: Path | None, deadline: float | None = None,
-            smoke: bool = False) -> dict:
-    """Train one candidate with one seed and return its validation figures (the test set is not
-    loaded); with `out`, save its network to OUT/NAME-sSEED.pt. deadline (time.time()): stop the
-    run when its epochs so far say it cannot end before it."""
+            smoke: bool = False, test: bool = False) -> dict:
+    """Train one candidate with one seed and return its validation figures, and with `test` the
+    finished network's test accuracy (read after the last epoch); with `out`, save its network
+    to OUT/NAME-sSEED.pt. deadline (time.time()): stop the run when its epochs so far say it
+    cannot end before it."""
     if torch.cuda.is_available():  # the GPU trains; the workers share the CPU for the rest
         torch.set_num_threads(1)
     name = candidate.name
     recipe = replace(smoke_sized(candidate, smoke), seed=seed)
     device = helpers.pick_device()
     start = time.time()
-    train_set, valid_set, _ = engine.recipe_datasets(recipe, helpers.DATA_ROOT)
+    train_set, valid_set, test_set = engine.recipe_datasets(recipe, helpers.DATA_ROOT)
     train_loader, valid_loader, model, optimizer, schedule, loss_fn = seeded_run(
         recipe, train_set, valid_set, device)
     epochs_done = []
@@ -86,6 +88,11 @@ def run_one(candidate: Recipe, seed: int, out: Path | None, deadline: float | No
                   best_epoch=best + 1, best_valid_accuracy=round(history.valid_accuracy[best], 4),
                   valid_accuracy_by_epoch=[round(a, 4) for a in history.valid_accuracy],
                   seconds=round(time.time() - start, 1))
+    if test:  # reported, never used to choose
+        test_loader = engine.make_eval_loader(recipe, test_set, device)
+        _, accuracy = helpers.evaluate(engine.evaluated(model, recipe), test_loader, loss_fn,
+                                       device)
+        record["test_accuracy"] = round(accuracy, 4)
     if out is not None:
         path = engine.save(out / f"{name}-s{seed}.pt", model, recipe, history.epochs,
                            {"valid_accuracy": history.valid_accuracy[-1]})
@@ -158,7 +165,7 @@ LADDER_RECORD = "ladder.jsonl"
 
 def ladder(out: Path, workers: int = 1, minutes: float | None = None, smoke: bool = False,
            rungs: list[Recipe] | None = None, seeds: tuple[int, ...] = SEEDS) -> list[dict]:
-    """Every rung of the ladder with every seed, on validation only, appended to
+    """Every rung of the ladder with every seed (validation by epoch, then test), appended to
     OUT/ladder.jsonl as each run ends; runs the file already holds are not run again."""
     out.mkdir(parents=True, exist_ok=True)
     record = out / LADDER_RECORD
@@ -170,17 +177,21 @@ def ladder(out: Path, workers: int = 1, minutes: float | None = None, smoke: boo
     jobs = [(rung, seed) for seed in seeds for rung in rungs if (rung.name, seed) not in finished]
     helpers.prepare_data(helpers.DATA_ROOT)  # once, before the workers read it
     deadline = time.time() + 60 * minutes if minutes else None
+    command = "python -m machinery.tools ladder" + (" --smoke" if smoke else "")
     if workers <= 1:  # one run at a time, in this process
-        runs = (run_one(rung, seed, None, deadline, smoke) for rung, seed in jobs)
-        return done + [append(record, run) for run in runs]
+        runs = (run_one(rung, seed, None, deadline, smoke, test=True) for rung, seed in jobs)
+        return done + [append(record, run, command) for run in runs]
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        futures = [pool.submit(run_one, rung, seed, None, deadline, smoke) for rung, seed in jobs]
-        return done + [append(record, future.result()) for future in futures]
+        futures = [pool.submit(run_one, rung, seed, None, deadline, smoke, True)
+                   for rung, seed in jobs]
+        return done + [append(record, future.result(), command) for future in futures]
 
 
-def append(record: Path, run: dict) -> dict:
-    """One run's line at the end of a JSON-lines record, written as soon as the run ends."""
+def append(record: Path, run: dict, command: str) -> dict:
+    """One run's line, with the command that made it, at the end of a JSON-lines record, written
+    as soon as the run ends."""
+    run = {**run, "command": command}
     with open(record, "a") as log:
         log.write(json.dumps(run) + "\n")
     return run
