@@ -96,6 +96,8 @@ def test_the_ladder_study_reads_the_test_set_after_training_and_resumes(tmp_path
         assert run["best_valid_accuracy"] == max(by_epoch) == by_epoch[run["best_epoch"] - 1]
         assert 0 <= run["test_accuracy"] <= 1
         assert run["command"] == "python -m machinery.tools ladder"
+        saved = helpers.read_checkpoint(tmp_path / run["checkpoint"])
+        assert saved["epoch"] == 2 and saved["recipe"] == run["candidate"]
     written = (tmp_path / study.LADDER_RECORD).read_text()
     # a second call runs only the seed the record lacks, and keeps what it holds
     both = study.ladder(tmp_path, rungs=rungs, seeds=(0, 1))

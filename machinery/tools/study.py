@@ -166,7 +166,8 @@ LADDER_RECORD = "ladder.jsonl"
 def ladder(out: Path, workers: int = 1, minutes: float | None = None, smoke: bool = False,
            rungs: list[Recipe] | None = None, seeds: tuple[int, ...] = SEEDS) -> list[dict]:
     """Every rung of the ladder with every seed (validation by epoch, then test), appended to
-    OUT/ladder.jsonl as each run ends; runs the file already holds are not run again."""
+    OUT/ladder.jsonl as each run ends, its network saved to OUT/RUNG-sSEED.pt (the references of
+    the rungs that are course recipes come from there); runs the file holds are not run again."""
     out.mkdir(parents=True, exist_ok=True)
     record = out / LADDER_RECORD
     done = []
@@ -179,11 +180,11 @@ def ladder(out: Path, workers: int = 1, minutes: float | None = None, smoke: boo
     deadline = time.time() + 60 * minutes if minutes else None
     command = "python -m machinery.tools ladder" + (" --smoke" if smoke else "")
     if workers <= 1:  # one run at a time, in this process
-        runs = (run_one(rung, seed, None, deadline, smoke, test=True) for rung, seed in jobs)
+        runs = (run_one(rung, seed, out, deadline, smoke, test=True) for rung, seed in jobs)
         return done + [append(record, run, command) for run in runs]
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        futures = [pool.submit(run_one, rung, seed, None, deadline, smoke, True)
+        futures = [pool.submit(run_one, rung, seed, out, deadline, smoke, True)
                    for rung, seed in jobs]
         return done + [append(record, future.result(), command) for future in futures]
 
