@@ -112,6 +112,14 @@ def run_ladder(args) -> int:
     return 0
 
 
+def study_options(parser: argparse.ArgumentParser, out: str, where: str) -> None:
+    """The options `study` and `ladder` share: where, how many runs at once, until when, smoke."""
+    parser.add_argument("--out", type=Path, default=Path(out), help=where)
+    parser.add_argument("--workers", type=int, default=1, help="runs at a time (processes)")
+    parser.add_argument("--minutes", type=float, help="stop runs that would end later than this")
+    parser.add_argument("--smoke", action="store_true", help="a few thousand images, 2 epochs")
+
+
 def run_mutate(args) -> int:
     from .mutations import mutate
     report = mutate(args.only)
@@ -171,19 +179,12 @@ def make_parser() -> argparse.ArgumentParser:
     trial.set_defaults(run=run_trial)
     study = commands.add_parser("study", help="the accuracy recipe's study: candidates x 3 "
                                 "seeds, chosen on validation; test read once, for the chosen")
-    study.add_argument("--out", type=Path, default=Path("checkpoints/study"),
-                       help="checkpoints, runs.jsonl and study.json go here")
-    study.add_argument("--workers", type=int, default=1, help="runs at a time (processes)")
-    study.add_argument("--minutes", type=float, help="stop runs that would end later than this")
-    study.add_argument("--smoke", action="store_true", help="a few thousand images, 2 epochs")
+    study_options(study, "checkpoints/study", "checkpoints, runs.jsonl and study.json go here")
     study.set_defaults(run=run_study)
-    ladder = commands.add_parser("ladder", help="notebook 10's ladder: each rung x 3 seeds on "
-                                 "validation, appended to OUT/ladder.jsonl; resumes")
-    ladder.add_argument("--out", type=Path, default=Path("checkpoints/ladder"),
-                        help="ladder.jsonl goes here (runs it holds are not run again)")
-    ladder.add_argument("--workers", type=int, default=1, help="runs at a time (processes)")
-    ladder.add_argument("--minutes", type=float, help="stop runs that would end later than this")
-    ladder.add_argument("--smoke", action="store_true", help="a few thousand images, 2 epochs")
+    ladder = commands.add_parser("ladder", help="notebook 10's ladder: each rung x 3 seeds, "
+                                 "appended to OUT/ladder.jsonl with each network; resumes")
+    study_options(ladder, "checkpoints/ladder",
+                  "ladder.jsonl and the networks go here (runs it holds are not run again)")
     ladder.set_defaults(run=run_ladder)
     mutate = commands.add_parser("mutate",
                                  help="put named one-line bugs into a copy of the course, one at a "
