@@ -14,6 +14,7 @@ import torch
 
 import helpers
 from machinery import basics, colab
+from machinery.tools import notebooks as course_notebooks
 
 
 @pytest.fixture
@@ -200,9 +201,11 @@ def course_on_github(tmp_path: Path) -> Path:
     return origin
 
 
-def open_in_colab(stem: str, runtime: Path) -> Path:
-    """A notebook opened from GitHub in a fresh runtime, its KEEP_ON_DRIVE switched to True."""
+def open_in_colab(stem: str, runtime: Path, github: Path) -> Path:
+    """A notebook opened from GitHub in a fresh runtime, its KEEP_ON_DRIVE switched to True, as
+    published at the stand-in GitHub's tag v-test."""
     notebook = json.loads((helpers.REPO_ROOT / "notebooks" / f"{stem}.ipynb").read_text())
+    notebook["cells"][1]["source"] = course_notebooks.setup_cell(github.as_uri(), "v-test")
     switch = "KEEP_ON_DRIVE = False"
     cells = [cell for cell in notebook["cells"] if switch in "".join(cell["source"])]
     assert len(cells) == 1
@@ -218,15 +221,14 @@ def test_a_colab_student_keeps_stage_6_on_drive_and_stages_7_to_9_use_it(tmp_pat
     """The walk-through: notebook 6 (smoke mode) keeps its checkpoints on Drive; notebooks 7, 8
     and 9 each open on a fresh runtime -- nothing on its disk, the course fetched at its tag,
     Drive unmounted -- and each uses the student's checkpoint."""
-    env = {**stand_in_colab(tmp_path), "FMNIST_COURSE_REPO": course_on_github(tmp_path).as_uri(),
-           "FMNIST_COURSE_REF": "v-test",
-           "FMNIST_DATA": str(helpers.DATA_ROOT / "FashionMNIST" / "raw")}
+    github = course_on_github(tmp_path)
+    env = {**stand_in_colab(tmp_path), "FMNIST_DATA": str(helpers.DATA_ROOT / "FashionMNIST" / "raw")}
     cloud = tmp_path / "cloud" / "fashion-mnist-cnn" / "checkpoints"  # the student's Drive
     said = {}
     for stem in ("06_train", "07_predict", "08_evaluate", "09_save_load"):
         runtime = tmp_path / f"runtime-{stem}" / "content"  # each notebook: a fresh /content
         env["FMNIST_DRIVE"] = str(runtime / "drive")
-        opened = open_in_colab(stem, runtime)
+        opened = open_in_colab(stem, runtime, github)
         run = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook",
                               "--execute", "--inplace", str(opened)],
                              cwd=runtime, env=env, capture_output=True, text=True, timeout=600)

@@ -1,7 +1,7 @@
 """The notebooks as an instructor handles them: the Colab badge and setup cell stamped into each
 one (`sync`), the rules a committed notebook must meet (`lint`), and a full re-run (`execute`).
 
-Where the course is published -- the repository's address and the version (a tag or a commit) --
+Where the course is published -- the repository's address and the version (a tag) --
 is written once, in course_address.json; `python -m machinery.tools publish` changes it and stamps
 every notebook.
 """
@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 from ..basics import REPO_ROOT
@@ -27,57 +28,40 @@ ARCHIVE_NAME = "fashion-mnist-cnn.zip"  # for a class without a public repositor
 NAME_PATTERN = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
 
 
+COURSE_FOLDER = "fashion-mnist-cnn"  # where Colab's setup cell puts the course, as the archive does
+
+
 def setup_cell(repository: str, version: str) -> str:
     """The first code cell of every notebook: helpers.py importable in Colab and in Jupyter
     alike."""
-    # Copied into every committed notebook by `sync`: rewrap it only together with them.
+    # At most 8 lines (a beginner's first sight of the course), so the error is IPython's
+    # UsageError, which Jupyter and Colab print as one line; `sync` copies it into every notebook.
+    # The archive first (a class without a public repository); git never prompts for a password.
     return f'''\
-# Setup: make the course's helpers.py importable, in Colab and in Jupyter alike.
-import os, shutil, subprocess, sys, time, zipfile
-from pathlib import Path
+# @title Setup: run this cell first {{ display-mode: "form" }}
+import os, sys, IPython.core.error  # IPython prints its UsageError as one line, not a traceback
+if "google.colab" in sys.modules and not os.path.isdir("{COURSE_FOLDER}"):  # fetch the course
+    !unzip -q {ARCHIVE_NAME} 2>/dev/null || GIT_TERMINAL_PROMPT=0 git clone -q --depth 1 \\
+        -b {version} {repository} {COURSE_FOLDER} 2>/dev/null
+sys.path[:0] = [os.path.abspath(p) for p in (".", "..", "../..", "{COURSE_FOLDER}")]
+if not any(os.path.isfile(f"{{p}}/helpers.py") for p in sys.path[:4]):
+    raise IPython.core.error.UsageError("course not found: upload {ARCHIVE_NAME}, run again")'''
 
-notebook_start = time.perf_counter()
-COURSE_REPO = os.environ.get("FMNIST_COURSE_REPO", "{repository}")
-# the version these notebooks belong to
-COURSE_REF = os.environ.get("FMNIST_COURSE_REF", "{version}")
-COURSE_ZIP = "{ARCHIVE_NAME}"  # or the course as an archive, in Colab's Files panel or on Drive
 
-class CourseNotFound(Exception):
-    def _render_traceback_(self):  # Jupyter shows this one line, not a traceback
-        return [f"CourseNotFound: {{self}}"]
+# Colab shows the cell as a titled form (its code folded away); JupyterLab hides its source.
+SETUP_METADATA = {"cellView": "form", "jupyter": {"source_hidden": True}}
 
-def find_course_root():
-    folders = (Path.cwd(), *Path.cwd().parents)
-    return next((p for p in folders if (p / "helpers.py").is_file()), None)
 
-def fetch_course(folder="fashion-mnist-cnn"):
-    """Colab: unpack the course's archive when there is one, else fetch the course at COURSE_REF."""
-    for archive in (Path(COURSE_ZIP), Path("/content/drive/MyDrive") / COURSE_ZIP):
-        if archive.is_file():
-            zipfile.ZipFile(archive).extractall(".")  # it holds fashion-mnist-cnn/
-            return
-    git = ["git", "-C", folder]  # a tag or a commit: init, fetch that one version, check it out
-    for step in (["git", "init", "--quiet", folder],
-                 git + ["fetch", "--quiet", "--depth", "1", COURSE_REPO, COURSE_REF],
-                 git + ["checkout", "--quiet", "FETCH_HEAD"]):
-        if subprocess.run(step, capture_output=True).returncode != 0:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise CourseNotFound(f"could not fetch {{COURSE_REPO}} at {{COURSE_REF}}. Ask your "
-                                 f"instructor for the course's address, or upload {{COURSE_ZIP}} "
-                                 f"to Colab's Files panel, then run this cell again.")
+SETUP_SENTENCE_START = "Run the setup cell below first:"
 
-if find_course_root() is None and "google.colab" in sys.modules:
-    # Colab opens a notebook on its own: fetch the course next to it, at this notebook's version.
-    # torch, torchvision, tensorboard and numpy are already installed there: nothing is
-    # reinstalled.
-    if not Path("fashion-mnist-cnn").is_dir():
-        fetch_course()
-    os.chdir("fashion-mnist-cnn/notebooks")
-COURSE_ROOT = find_course_root()
-if COURSE_ROOT is None:
-    raise RuntimeError("helpers.py not found: open this notebook from the course's "
-                       "notebooks/ folder")
-sys.path.insert(0, str(COURSE_ROOT))'''
+
+def setup_sentence(version: str) -> str:
+    """The sentence that introduces the setup cell: the last paragraph of each title cell."""
+    return textwrap.fill(
+        f"{SETUP_SENTENCE_START} in Colab it fetches the course's code (`helpers.py` and the "
+        f"package beside it) at {version}, the version of this notebook, or unpacks "
+        f"`{ARCHIVE_NAME}` if you uploaded the course's archive to the Files panel; in Jupyter "
+        f"it finds the code in the folders above.", width=100)
 
 
 SETUP_CELL = setup_cell(ADDRESS["repository"], ADDRESS["version"])
@@ -133,18 +117,24 @@ def sync(path: Path, repository: str = ADDRESS["repository"],
     changed."""
     nb = json.loads(path.read_text())
     title_cell, setup = nb["cells"][0], nb["cells"][1]
-    lines = [line for line in source(title_cell).splitlines() if "colab-badge.svg" not in line]
+    # the title cell as written: without its badge and the sentence about the setup cell
+    written = source(title_cell).split(SETUP_SENTENCE_START)[0]
+    lines = [line for line in written.splitlines() if "colab-badge.svg" not in line]
     while len(lines) > 1 and not lines[1].strip():
         del lines[1]
+    while lines and not lines[-1].strip():
+        del lines[-1]
     # splitlines() drops it: keep the cell as it was
     ending = "\n" if source(title_cell).endswith("\n") else ""
-    # badge under the title
-    new_title = ("\n".join([lines[0], "", badge(path, repository, version), "", *lines[1:]])
-                 + ending)
+    # badge under the title, the sentence that introduces the setup cell last
+    new_title = ("\n".join([lines[0], "", badge(path, repository, version), "", *lines[1:], "",
+                            setup_sentence(version)]) + ending)
     new_setup = setup_cell(repository, version)
-    changed = source(title_cell) != new_title or source(setup) != new_setup
+    changed = (source(title_cell) != new_title or source(setup) != new_setup
+               or any(setup.get("metadata", {}).get(k) != v for k, v in SETUP_METADATA.items()))
     # as Jupyter stores it
     title_cell["source"], setup["source"] = new_title.splitlines(True), new_setup.splitlines(True)
+    setup.setdefault("metadata", {}).update(SETUP_METADATA)
     if changed:
         path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     return changed
@@ -157,9 +147,12 @@ def publish(repository: str, version: str, paths: list[Path]) -> list[Path]:
         raise ValueError(f"{repository!r} is not a repository address: "
                          f"give https://github.com/OWNER/NAME")
     if version in ("main", "master", "HEAD"):
-        raise ValueError(f"{version!r} is a moving branch: give a tag (e.g. v1.0) or a commit, "
-                         "so that a notebook opened next term runs the helpers its outputs were "
-                         "made with")
+        raise ValueError(f"{version!r} is a moving branch: give a tag (e.g. v1.0), so that a "
+                         "notebook opened next term runs the helpers its outputs were made with")
+    if re.fullmatch(r"[0-9a-f]{7,40}", version):
+        # the setup cell's `git clone --branch` takes a tag, not a commit
+        raise ValueError(f"{version!r} looks like a commit: tag it (git tag v1.0 {version}; "
+                         "git push origin v1.0) and publish the tag")
     ADDRESS_FILE.write_text(json.dumps({"repository": repository, "version": version}, indent=1)
                             + "\n")
     return [path for path in paths if sync(path, repository, version)]
@@ -195,6 +188,10 @@ def lint(path: Path) -> list[str]:
         problems.append("first cell is not the title with this notebook's Open-in-Colab badge")
     if len(cells) < 2 or cells[1]["cell_type"] != "code" or source(cells[1]) != SETUP_CELL:
         problems.append("second cell is not the setup cell (run: python -m machinery.tools sync)")
+    elif any(cells[1].get("metadata", {}).get(k) != v for k, v in SETUP_METADATA.items()):
+        problems.append("the setup cell is not folded (run: python -m machinery.tools sync)")
+    if cells and not source(cells[0]).rstrip().endswith(setup_sentence(ADDRESS["version"])):
+        problems.append("the title cell does not end with the sentence introducing the setup cell")
     code = [c for c in cells if c["cell_type"] == "code"]
     counts = [c.get("execution_count") for c in code]
     if counts != list(range(1, len(code) + 1)):
