@@ -222,7 +222,8 @@ def test_a_colab_student_keeps_stage_6_on_drive_and_stages_7_to_9_use_it(tmp_pat
     and 9 each open on a fresh runtime -- nothing on its disk, the course fetched at its tag,
     Drive unmounted -- and each uses the student's checkpoint."""
     github = course_on_github(tmp_path)
-    env = {**stand_in_colab(tmp_path), "FMNIST_DATA": str(helpers.DATA_ROOT / "FashionMNIST" / "raw")}
+    env = {**stand_in_colab(tmp_path),
+           "FMNIST_DATA": str(helpers.DATA_ROOT / "FashionMNIST" / "raw")}
     cloud = tmp_path / "cloud" / "fashion-mnist-cnn" / "checkpoints"  # the student's Drive
     said = {}
     for stem in ("06_train", "07_predict", "08_evaluate", "09_save_load"):
