@@ -29,7 +29,7 @@ from machinery.figures import plot_confusion_matrix, plot_history  # noqa: F401
 from machinery.networks import ImprovedCNN, SprintCNN
 from machinery.photos import as_image_batch, load_photo  # noqa: F401
 from machinery.recipes import (  # noqa: F401
-    RECIPES, Recipe, checkpoint_paths, course_settings, run_name)
+    RECIPES, Recipe, checkpoint_paths, course_recipe, run_name)
 from machinery.tensorboard_log import plot_runs, read_scalars  # noqa: F401
 
 
@@ -50,7 +50,7 @@ def load_datasets(recipe: Recipe | None = None, root: Path | str = DATA_ROOT,
     """Train, validation and test sets as torchvision datasets (ToTensor by default).
 
     The recipe's sizes (smoke mode: a few thousand images) keep the first images of each set."""
-    recipe = recipe or course_settings()
+    recipe = recipe or course_recipe()
     transform = transform or transforms.ToTensor()
     root = prepare_data(root)  # the four original files, checked (machinery/dataset.py)
     full_train = datasets.FashionMNIST(root, train=True, download=False, transform=transform)

@@ -47,7 +47,7 @@ def bench(images: int = 8192, rounds: int = 3, compiled: bool | None = None) -> 
     On a GPU, also (c) the wall time of the improved recipe to 93% test accuracy.
     """
     device = helpers.pick_device()
-    train_set, _, test_set = helpers.load_datasets(helpers.course_settings(smoke=False))
+    train_set, _, test_set = helpers.load_datasets(helpers.course_recipe(smoke=False))
     subset = helpers.first(train_set, images)
     precision = mixed_precision(device)
     fast_batch = 1024 if device.type == "cuda" else 256
@@ -80,8 +80,8 @@ def bench(images: int = 8192, rounds: int = 3, compiled: bool | None = None) -> 
         report.update(fast_path_compiled_images_per_s=round(compiled_rate),
                       compiled_ratio=round(compiled_rate / a, 2))
     if device.type == "cuda":  # on a CPU this would take the better part of an hour
-        report["improved_to_93"] = time_to_accuracy(helpers.course_settings(smoke=False,
-                                                                            recipe="improved"),
+        report["improved_to_93"] = time_to_accuracy(helpers.course_recipe(smoke=False,
+                                                                            name="improved"),
                                                     train_set, test_set, device)
     return report
 
@@ -105,7 +105,7 @@ def time_to_accuracy(recipe, train_set, test_set, device, target: float = 0.93) 
     train_loader, test_loader, model, optimizer, _, loss_fn = seeded_run(recipe, train_set,
                                                                           test_set, device)
     precision = mixed_precision(device)
-    warm_up = helpers.build_model(recipe.model).to(device, memory_format=torch.channels_last)
+    warm_up = helpers.build_model(recipe.network).to(device, memory_format=torch.channels_last)
     batch = (torch.rand(recipe.batch_size, 1, 28, 28, device=device),
              torch.randint(0, 10, (recipe.batch_size,), device=device))  # no seeded draws
     still = torch.optim.SGD(warm_up.parameters(), lr=0.0)
@@ -121,7 +121,7 @@ def time_to_accuracy(recipe, train_set, test_set, device, target: float = 0.93) 
             break
     return {"target": target, "reached": accuracy >= target, "epochs": epoch,
             "test_accuracy": round(accuracy, 4),
-            "seconds": round(time.perf_counter() - start, 2), "model": recipe.model,
+            "seconds": round(time.perf_counter() - start, 2), "model": recipe.network,
             "recipe": recipe.name}
 
 
@@ -169,14 +169,14 @@ def sprint_bench(recipe: Recipe | None = None, rounds: int = 3, root=helpers.DAT
                  images: int = 8192) -> dict:
     """The sprint recipe (seeds 0, 1, 2, ...) against the original recipe's time to 93%
     validation accuracy, measured in the same run: the median wall times and their ratio."""
-    recipe = recipe or helpers.course_settings(smoke=False, recipe="sprint")
+    recipe = recipe or helpers.course_recipe(smoke=False, name="sprint")
     device = helpers.pick_device()
-    train_set, valid_set, _ = helpers.load_datasets(helpers.course_settings(smoke=False), root)
+    train_set, valid_set, _ = helpers.load_datasets(helpers.course_recipe(smoke=False), root)
     epoch_seconds = original_epoch_seconds(train_set, valid_set, device, images)
     runs = [sprint_run(replace(recipe, seed=seed), device, root)[0] for seed in range(rounds)]
     seconds = statistics.median(run["seconds"] for run in runs)
     original = ORIGINAL_EPOCHS_TO_93 * epoch_seconds
-    parameters = helpers.count_parameters(helpers.build_model(recipe.model))
+    parameters = helpers.count_parameters(helpers.build_model(recipe.network))
     return {"machine": helpers.machine(), "device": str(device), "threads": torch.get_num_threads(),
             "recipe": recipe.name, "parameters": parameters, "runs": runs,
             "median_seconds": seconds,

@@ -135,7 +135,7 @@ def with_precision(model: nn.Module, optimizer: torch.optim.Optimizer, device: t
 def make_training(recipe: Recipe, device: torch.device, steps_per_epoch: int) -> tuple:
     """A fresh network (channels-last on the fast path), its optimizer, schedule and loss."""
     layout = torch.channels_last if recipe.fast else torch.preserve_format  # faster convolutions
-    model = helpers.build_model(recipe.model).to(device, memory_format=layout)
+    model = helpers.build_model(recipe.network).to(device, memory_format=layout)
     if recipe.compile:
         compile_model(model, device)
     optimizer = helpers.make_optimizer(model, recipe)
@@ -157,7 +157,7 @@ def run_epochs(model: nn.Module, train_loader, valid_loader, recipe: Recipe,
     plateau = recipe.schedule == "plateau"
     early_stopping = EarlyStopping(recipe.stop_patience) if plateau else None  # one-cycle: fixed
     if resume is not None:  # weights, optimizer, schedule, early stopping, history, generators
-        vars(history).update(restore_training(resume, recipe.model, model, optimizer, schedule,
+        vars(history).update(restore_training(resume, recipe.network, model, optimizer, schedule,
                                               early_stopping, train_loader, device, scaler, log))
         planned = getattr(schedule, "total_steps", None)  # one-cycle: fixed to its run's length
         if planned is not None and planned != recipe.epochs * len(train_loader):
@@ -165,7 +165,7 @@ def run_epochs(model: nn.Module, train_loader, valid_loader, recipe: Recipe,
                               f"epochs: its schedule ends there and cannot be stretched to "
                               f"{recipe.epochs}; train a new run with more epochs instead")
     if writer is not None and not history.epochs:  # a resumed run has them already
-        log_start(writer, recipe.model, valid_loader, device)
+        log_start(writer, recipe.network, valid_loader, device)
     last_epoch = history.epochs if history.stopped_early else recipe.epochs
     for epoch in range(history.epochs + 1, last_epoch + 1):
         try:
@@ -230,7 +230,7 @@ def train_run(recipe: Recipe, train_set: Dataset, valid_set: Dataset, device: to
     generator = helpers.seed_everything(recipe.seed)
     train_loader = make_train_loader(recipe, train_set, generator, device)
     model, optimizer, schedule, loss_fn = make_training(recipe, device, len(train_loader))
-    log(f"recipe {recipe.name}: {recipe.model} ({helpers.count_parameters(model):,} parameters) "
+    log(f"recipe {recipe.name}: {recipe.network} ({helpers.count_parameters(model):,} parameters) "
         f"on {device}, {len(train_set):,} train / {len(valid_set):,} valid images, up to "
         f"{recipe.epochs} epochs; TensorBoard run {Path(run_dir).name}")
     start = time.perf_counter()

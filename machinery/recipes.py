@@ -17,7 +17,7 @@ class Recipe:
     """The hyper-parameters of one training run, under a name; the defaults are the original
     notebook's."""
     name: str
-    model: str = "original"         # a network of helpers.NETWORKS (build_model checks the name)
+    network: str = "original"       # a network of helpers.NETWORKS (build_model checks the name)
     epochs: int = 50
     batch_size: int = 16
     lr: float = 1e-3
@@ -85,6 +85,9 @@ class Recipe:
     def from_dict(cls, saved: dict) -> Recipe:
         """A recipe recorded in a checkpoint; checkpoints from before recipes had names get
         'unnamed'."""
+        saved = dict(saved)
+        if "model" in saved:  # the network's name, as checkpoints before 2026-12-05 call it
+            saved["network"] = saved.pop("model")
         return cls(**{"name": "unnamed", **saved})
 
 
@@ -94,18 +97,18 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     # the original notebook: batch 16, Adam 1e-3, ReduceLROnPlateau, early stopping
     Recipe("original"),
     Recipe("original-fast", fast=True, batch_size=128, epochs=25, lr=3e-3, schedule="onecycle"),
-    Recipe("improved", model="improved", fast=True, batch_size=256, epochs=24, lr=4e-3,
+    Recipe("improved", network="improved", fast=True, batch_size=256, epochs=24, lr=4e-3,
            optimizer="adamw", weight_decay=0.05, schedule="onecycle", augment=True,
            label_smoothing=0.1),
     # as fast as two CPU cores allow (notebook 11): of the recipes tried, the quickest whose
     # 3-seed mean validation accuracy reached 93.5% (README, "The sprint")
-    Recipe("sprint", model="sprint", fast=True, batch_size=128, epochs=5, lr=3e-3,
+    Recipe("sprint", network="sprint", fast=True, batch_size=128, epochs=5, lr=3e-3,
            optimizer="adamw", weight_decay=5e-4, schedule="onecycle", augment=True, shift=0,
            label_smoothing=0.1, flip_tta=True),
     # the most accurate with at most 300K parameters: the improved recipe 2.5 times as long, with
     # random erasing and flip TTA, chosen on validation by `python -m machinery.tools study`
     # (README, "The accuracy recipe")
-    Recipe("accurate", model="improved", fast=True, batch_size=256, epochs=60, lr=4e-3,
+    Recipe("accurate", network="improved", fast=True, batch_size=256, epochs=60, lr=4e-3,
            optimizer="adamw", weight_decay=0.05, schedule="onecycle", augment=True, erase=0.5,
            label_smoothing=0.1, flip_tta=True),
 )}
@@ -124,11 +127,12 @@ def smoke_sized(recipe: Recipe, smoke: bool | None = None) -> Recipe:
     return recipe
 
 
-def course_settings(smoke: bool | None = None, recipe: str = "original", **overrides) -> Recipe:
-    """A course recipe by name (see RECIPES); in smoke mode a few thousand images and two epochs."""
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
-    return replace(smoke_sized(RECIPES[recipe], smoke), **overrides)
+def course_recipe(name: str = "original", smoke: bool | None = None, **changes) -> Recipe:
+    """A course recipe by name (see RECIPES), with `changes`; in smoke mode a few thousand images
+    and two epochs."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}")
+    return replace(smoke_sized(RECIPES[name], smoke), **changes)
 
 
 # Stage 10 as a controlled experiment: from original-fast to improved, one idea per rung. Each rung
@@ -138,7 +142,7 @@ def course_settings(smoke: bool | None = None, recipe: str = "original", **overr
 LADDER: list[tuple[str, str, dict]] = [
     ("fast-path", "the fast path: original-fast itself, the ladder's base (no change)", {}),
     ("improved-network", "the improved network (a small ResNet), nothing else",
-     {"model": "improved"}),
+     {"network": "improved"}),
     ("adamw", "decoupled weight decay: AdamW with weight decay 0.05",
      {"optimizer": "adamw", "weight_decay": 0.05}),
     ("augment", "augmentation: random 2-pixel shifts and mirror images", {"augment": True}),
@@ -160,10 +164,10 @@ def ladder_recipes(smoke: bool | None = None) -> list[Recipe]:
 
 def recipe_for_network(network: str, fast: bool = False) -> str:
     """The name of the course recipe that trains `network` (on the fast path if asked)."""
-    names = [r.name for r in RECIPES.values() if r.model == network and (r.fast or not fast)]
+    names = [r.name for r in RECIPES.values() if r.network == network and (r.fast or not fast)]
     names.sort(key=lambda name: RECIPES[name].fast != fast)  # an exact match on the path first
     if not names:
-        trained = sorted({r.model for r in RECIPES.values()})
+        trained = sorted({r.network for r in RECIPES.values()})
         raise ValueError(f"no recipe trains the network {network!r}"
                          f"{' on the fast path' if fast else ''}: "
                          f"networks with a recipe: {', '.join(trained)} "

@@ -14,7 +14,7 @@ from . import engine
 from .basics import CheckpointError, RUNS_ROOT
 from .checkpoint_file import read_checkpoint
 from .fast_path import DeviceLoader
-from .recipes import Recipe, checkpoint_paths, course_settings, recipe_for_network, run_name
+from .recipes import Recipe, checkpoint_paths, course_recipe, recipe_for_network, run_name
 
 
 def choose_recipe(network: str | None = None, recipe: str | None = None, fast: bool = False,
@@ -25,11 +25,11 @@ def choose_recipe(network: str | None = None, recipe: str | None = None, fast: b
     """
     if network is not None:
         helpers.build_model(network)  # the one check of network names: an unknown one fails here
-    chosen = course_settings(smoke=smoke or None,
-                             recipe=recipe or recipe_for_network(network or "original", fast),
+    chosen = course_recipe(smoke=smoke or None,
+                             name=recipe or recipe_for_network(network or "original", fast),
                              **overrides)
-    if network is not None and chosen.model != network:
-        raise ValueError(f"recipe {chosen.name!r} trains the {chosen.model!r} network, "
+    if network is not None and chosen.network != network:
+        raise ValueError(f"recipe {chosen.name!r} trains the {chosen.network!r} network, "
                          f"not {network!r}")
     return chosen
 
@@ -70,7 +70,7 @@ def train(recipe: Recipe, device: torch.device, *, data: Path | str, runs: Path 
         raise KeyboardInterrupt
     test_loader = engine.make_eval_loader(recipe, test_set, device)
     loss_fn = nn.CrossEntropyLoss()  # test loss without label smoothing, comparable across recipes
-    report = {"recipe": recipe.name, "model": recipe.model, "epochs": history.epochs,
+    report = {"recipe": recipe.name, "model": recipe.network, "epochs": history.epochs,
               "minutes": minutes, "stopped_early": history.stopped_early,
               "test_images": len(test_set), "train_images": len(train_set),
               "last": (*helpers.evaluate(engine.evaluated(model, recipe), test_loader, loss_fn,
@@ -86,7 +86,7 @@ def train(recipe: Recipe, device: torch.device, *, data: Path | str, runs: Path 
 def evaluate_checkpoints(paths: list[Path], device: torch.device, data: Path | str):
     """Each checkpoint's figures on the full 10,000-image test set, one dict per checkpoint."""
     models = [(path, *helpers.load_checkpoint(path, device)) for path in paths]  # all readable?
-    _, _, test_set = helpers.load_datasets(course_settings(smoke=False), root=data)
+    _, _, test_set = helpers.load_datasets(course_recipe(smoke=False), root=data)
     # the fast path: the same images as a DataLoader's, kept on the device
     test_loader = DeviceLoader(test_set, 1000, device=device)
     for path, model, meta in models:

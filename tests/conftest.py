@@ -23,15 +23,15 @@ def data_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def small_settings() -> helpers.Recipe:
+def small_recipe() -> helpers.Recipe:
     """A few hundred real images: enough to see learning, fast on two cores."""
-    return helpers.course_settings(smoke=True, train_size=512, valid_size=256, test_size=256,
+    return helpers.course_recipe(smoke=True, train_size=512, valid_size=256, test_size=256,
                                    batch_size=32)
 
 
 @pytest.fixture(scope="session")
-def small_sets(data_root, small_settings):
-    return helpers.load_datasets(small_settings, root=data_root)
+def small_sets(data_root, small_recipe):
+    return helpers.load_datasets(small_recipe, root=data_root)
 
 
 @pytest.fixture

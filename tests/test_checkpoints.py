@@ -202,17 +202,17 @@ def test_a_network_the_course_does_not_know_needs_one_passed_in(tmp_path):
     assert not model.training
 
 
-def test_your_own_network_trains_through_fit_and_loads_back(small_sets, small_settings, tmp_path):
+def test_your_own_network_trains_through_fit_and_loads_back(small_sets, small_recipe, tmp_path):
     # a network of the student's own, as notebook 4's exercises have them write: not in NETWORKS
     from test_fast_path import SmallConvNet as StudentCNN
     train_set, valid_set, _ = small_sets
     torch.manual_seed(0)
     model = StudentCNN()
-    optimizer = helpers.make_optimizer(model, small_settings)
+    optimizer = helpers.make_optimizer(model, small_recipe)
     valid_loader = helpers.make_loader(valid_set, 256)
     history = helpers.fit(model, helpers.make_loader(train_set, 32, shuffle=True), valid_loader,
                           nn.CrossEntropyLoss(), optimizer,
-                          helpers.make_scheduler(optimizer, small_settings),
+                          helpers.make_scheduler(optimizer, small_recipe),
                           torch.device("cpu"), epochs=2, best_path=tmp_path / "mine.pt",
                           log=lambda _: None)
     meta = helpers.read_checkpoint(tmp_path / "mine.pt")
@@ -233,8 +233,8 @@ def test_missing_checkpoint(tmp_path):
 
 
 def test_smoke_runs_never_overwrite_a_real_runs_checkpoints(tmp_path):
-    full = helpers.checkpoint_paths(helpers.course_settings(smoke=False), tmp_path)
-    smoke = helpers.checkpoint_paths(helpers.course_settings(smoke=True), tmp_path)
+    full = helpers.checkpoint_paths(helpers.course_recipe(smoke=False), tmp_path)
+    smoke = helpers.checkpoint_paths(helpers.course_recipe(smoke=True), tmp_path)
     assert [p.name for p in full] == ["original.pt", "original-last.pt"]
     assert [p.name for p in smoke] == ["original-smoke.pt", "original-smoke-last.pt"]
 

@@ -233,7 +233,7 @@ def test_a_third_network_and_its_recipe_are_one_entry_each_and_train_as_asked(
         monkeypatch, tmp_path, data_root):
     monkeypatch.setitem(helpers.NETWORKS, "tiny", TinyNet)
     monkeypatch.setitem(recipes.RECIPES, "tiny-fast", recipes.Recipe(
-        "tiny-fast", model="tiny", fast=True, batch_size=256, epochs=3, lr=3e-3,
+        "tiny-fast", network="tiny", fast=True, batch_size=256, epochs=3, lr=3e-3,
         schedule="onecycle"))
     out = tmp_path / "tiny.pt"
     status = cli.main(["train", "--model", "tiny", "--smoke", "--epochs", "1", "--out", str(out),

@@ -75,7 +75,7 @@ def test_in_smoke_mode_yours_are_the_checkpoints_a_smoke_run_of_stage_6_writes(f
         (local / name).write_bytes(b"")
     monkeypatch.setenv("FMNIST_SMOKE", "1")
     assert helpers.course_checkpoint("original") == helpers.REFERENCE / "original.pt"
-    best, last = helpers.checkpoint_paths(helpers.course_settings(), local)  # stage 6's names
+    best, last = helpers.checkpoint_paths(helpers.course_recipe(), local)  # stage 6's names
     best.write_bytes(b"")
     last.write_bytes(b"")
     assert helpers.course_checkpoint("original") == local / "original-smoke.pt" == best

@@ -29,7 +29,7 @@ def test_prepared_files_are_the_originals(data_root):
 
 
 def test_split_sizes_and_test_set(data_root):
-    train, valid, test = helpers.load_datasets(helpers.course_settings(smoke=False), root=data_root)
+    train, valid, test = helpers.load_datasets(helpers.course_recipe(smoke=False), root=data_root)
     assert (len(train), len(valid), len(test)) == (50_000, 10_000, 10_000)
     image, label = train[0]
     assert image.shape == (1, 28, 28) and image.dtype == torch.float32
@@ -41,10 +41,10 @@ def test_split_sizes_and_test_set(data_root):
 
 
 def test_split_is_the_same_for_everyone(data_root):
-    first_train, first_valid, _ = helpers.load_datasets(helpers.course_settings(smoke=False),
+    first_train, first_valid, _ = helpers.load_datasets(helpers.course_recipe(smoke=False),
                                                         root=data_root)
     torch.manual_seed(1234)  # the global RNG must not matter
-    again_train, again_valid, _ = helpers.load_datasets(helpers.course_settings(smoke=False),
+    again_train, again_valid, _ = helpers.load_datasets(helpers.course_recipe(smoke=False),
                                                         root=data_root)
     assert first_train.indices == again_train.indices
     assert first_valid.indices == again_valid.indices
@@ -53,8 +53,8 @@ def test_split_is_the_same_for_everyone(data_root):
 
 def test_a_final_fit_trains_on_the_validation_images_too(data_root):
     from machinery import engine
-    train, valid, _ = helpers.load_datasets(helpers.course_settings(smoke=False), root=data_root)
-    final_recipe = helpers.course_settings(smoke=False, recipe="improved", final_fit=True)
+    train, valid, _ = helpers.load_datasets(helpers.course_recipe(smoke=False), root=data_root)
+    final_recipe = helpers.course_recipe(smoke=False, name="improved", final_fit=True)
     final, final_valid, _ = engine.recipe_datasets(final_recipe, data_root)
     assert len(final) == 60_000 and sorted(final.indices) == list(range(60_000))
     assert final.indices[:50_000] == train.indices and final_valid.indices == valid.indices
@@ -63,13 +63,13 @@ def test_a_final_fit_trains_on_the_validation_images_too(data_root):
     final, small_valid, _ = engine.recipe_datasets(replace(final_recipe, valid_size=1000),
                                                    data_root)
     assert (len(final), len(small_valid)) == (60_000, 1_000)
-    plain, _, _ = engine.recipe_datasets(helpers.course_settings(smoke=False), data_root)
+    plain, _, _ = engine.recipe_datasets(helpers.course_recipe(smoke=False), data_root)
     assert plain.indices == train.indices
 
 
 def test_smoke_subsets_are_small_and_drawn_from_the_same_split(data_root):
-    full_train, _, _ = helpers.load_datasets(helpers.course_settings(smoke=False), root=data_root)
-    train, valid, test = helpers.load_datasets(helpers.course_settings(smoke=True), root=data_root)
+    full_train, _, _ = helpers.load_datasets(helpers.course_recipe(smoke=False), root=data_root)
+    train, valid, test = helpers.load_datasets(helpers.course_recipe(smoke=True), root=data_root)
     assert (len(train), len(valid), len(test)) == tuple(SMOKE_SIZES.values())
     assert torch.equal(train[7][0], full_train[7][0])
 
@@ -90,7 +90,7 @@ def test_debian_gz_copy_is_decompressed_into_torchvision_layout(tmp_path, data_r
     if not dataset.DEBIAN_DATA_DIR.is_dir():
         pytest.fail("Debian's dataset-fashion-mnist is not installed: .ci/run installs it")
     root = helpers.prepare_data(tmp_path / "data")
-    train, _, _ = helpers.load_datasets(helpers.course_settings(smoke=True), root=root)
+    train, _, _ = helpers.load_datasets(helpers.course_recipe(smoke=True), root=root)
     assert len(train) == SMOKE_SIZES["train_size"]
     assert not list((root / "FashionMNIST" / "raw").glob(".*.tmp"))
 
@@ -161,7 +161,7 @@ def test_unwritable_data_folder_is_reported(tmp_path):
 
 
 def test_loaders_have_the_course_lengths(data_root):
-    train, valid, test = helpers.load_datasets(helpers.course_settings(smoke=False), root=data_root)
+    train, valid, test = helpers.load_datasets(helpers.course_recipe(smoke=False), root=data_root)
     loaders = [helpers.make_loader(s, 16) for s in (train, valid, test)]
     assert [len(loader) for loader in loaders] == [3125, 625, 625]
     images, labels = next(iter(loaders[0]))

@@ -69,9 +69,9 @@ def test_augmented_batches_differ_but_keep_their_labels(small_sets):
     assert per_image_aug.sum() > 0.9 * per_image_plain.sum()
 
 
-def test_the_runner_trains_on_the_fast_path(small_sets, small_settings, cpu, tmp_path):
+def test_the_runner_trains_on_the_fast_path(small_sets, small_recipe, cpu, tmp_path):
     train, valid, _ = small_sets
-    recipe = replace(small_settings, epochs=3, fast=True)
+    recipe = replace(small_recipe, epochs=3, fast=True)
     generator = helpers.seed_everything(0)
     loader = DeviceLoader(train, 32, shuffle=True, generator=generator)
     model, optimizer, schedule, loss_fn = engine.make_training(recipe, cpu, len(loader))
@@ -100,8 +100,8 @@ def test_bench_reports_both_paths_side_by_side(data_root):
     assert report["device"] == str(helpers.pick_device()) and report["machine"] == helpers.machine()
 
 
-def test_a_fast_run_uses_device_loaders_and_says_so(small_sets, small_settings, cpu):
-    fast = helpers.course_settings(smoke=True, recipe="original-fast")
+def test_a_fast_run_uses_device_loaders_and_says_so(small_sets, small_recipe, cpu):
+    fast = helpers.course_recipe(smoke=True, name="original-fast")
     train, valid, _ = small_sets
     loaders = (engine.make_train_loader(fast, train, torch.Generator(), cpu),
                engine.make_eval_loader(fast, valid, cpu))
@@ -109,13 +109,13 @@ def test_a_fast_run_uses_device_loaders_and_says_so(small_sets, small_settings, 
     assert loaders[0].shuffle and not loaders[1].shuffle
     assert (helpers.run_name(fast).startswith("original-fast-b128-")
             and "-smoke-" in helpers.run_name(fast))
-    slow = (engine.make_train_loader(small_settings, train, torch.Generator(), cpu),
-            engine.make_eval_loader(small_settings, valid, cpu))
+    slow = (engine.make_train_loader(small_recipe, train, torch.Generator(), cpu),
+            engine.make_eval_loader(small_recipe, valid, cpu))
     assert all(isinstance(loader, torch.utils.data.DataLoader) for loader in slow)
 
 
 def test_time_to_accuracy_stops_at_the_first_epoch_that_reaches_the_target(small_sets, cpu):
-    settings = helpers.course_settings(smoke=True, recipe="improved", epochs=3, batch_size=64,
+    settings = helpers.course_recipe(smoke=True, name="improved", epochs=3, batch_size=64,
                                        train_size=512, valid_size=256, test_size=256)
     reached = bench.time_to_accuracy(settings, small_sets[0], small_sets[2], cpu, target=0.05)
     assert reached["reached"] and reached["epochs"] == 1 and reached["seconds"] > 0
@@ -141,7 +141,7 @@ def test_a_compiled_network_trains_and_saves_checkpoints_an_uncompiled_one_loads
         small_sets, cpu, tmp_path, monkeypatch):
     train, valid, _ = small_sets
     monkeypatch.setitem(helpers.NETWORKS, "small-conv", SmallConvNet)
-    settings = helpers.course_settings(smoke=True, recipe="original-fast", model="small-conv",
+    settings = helpers.course_recipe(smoke=True, name="original-fast", network="small-conv",
                                        compile=True, epochs=1, batch_size=128)
     model, optimizer, _, loss_fn = engine.make_training(settings, cpu, steps_per_epoch=4)
     # 512 images: four batches of one shape
@@ -165,7 +165,7 @@ def test_fp16_with_a_gradient_scaler_trains_without_a_schedule_warning(small_set
     # those updates, and the one-cycle schedule, stepped by the optimizer's own step, waits too:
     # no "lr_scheduler.step() before optimizer.step()" warning for a student to puzzle over.
     train, _, _ = small_sets
-    settings = helpers.course_settings(smoke=True, recipe="improved", batch_size=32,
+    settings = helpers.course_recipe(smoke=True, name="improved", batch_size=32,
                                        model=loud_network)
     torch.manual_seed(0)
     model = helpers.build_model(loud_network)
@@ -215,7 +215,7 @@ def test_a_network_wrapped_for_fp16_still_evaluates_without_gradients(small_sets
 
 
 def test_one_cycle_steps_once_per_optimizer_step_and_ends_at_its_length(cpu):
-    recipe = helpers.course_settings(smoke=True, recipe="original-fast", epochs=2)
+    recipe = helpers.course_recipe(smoke=True, name="original-fast", epochs=2)
     weight = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.Adam([weight], lr=recipe.lr)
     schedule = engine.make_schedule(optimizer, recipe, steps_per_epoch=5)
@@ -229,7 +229,7 @@ def test_one_cycle_steps_once_per_optimizer_step_and_ends_at_its_length(cpu):
 
 def test_a_short_run_reports_a_few_epochs_at_a_forced_precision(small_sets, cpu):
     from machinery.tools import measure
-    settings = helpers.course_settings(smoke=True, recipe="improved", batch_size=128,
+    settings = helpers.course_recipe(smoke=True, name="improved", batch_size=128,
                                        train_size=512, valid_size=256, test_size=256)
     result = measure.short_run(settings, None, small_sets[0], small_sets[2], cpu, epochs=1)
     assert result["label"] == "improved, 1 of 2 epochs, None"
@@ -243,7 +243,7 @@ def test_evaluation_never_augments_on_either_path(small_sets, cpu):
     _, valid, _ = small_sets
     plain = torch.cat([x for x, _ in helpers.make_loader(valid, 1000)])
     for recipe in ("improved", "original"):
-        loader = engine.make_eval_loader(helpers.course_settings(smoke=True, recipe=recipe),
+        loader = engine.make_eval_loader(helpers.course_recipe(smoke=True, name=recipe),
                                          valid, cpu)
         first_pass, second_pass = (torch.cat([x for x, _ in loader]) for _ in range(2))
         assert torch.equal(first_pass, second_pass) and torch.equal(first_pass, plain), recipe

@@ -30,20 +30,20 @@ def test_the_improved_network_stays_under_300k_parameters_and_is_deterministic_i
 
 @pytest.mark.parametrize("recipe", sorted(helpers.RECIPES))
 def test_every_recipe_is_valid_and_smoke_mode_only_shrinks_it(recipe):
-    full = helpers.course_settings(smoke=False, recipe=recipe)
-    smoke = helpers.course_settings(smoke=True, recipe=recipe)
+    full = helpers.course_recipe(smoke=False, name=recipe)
+    smoke = helpers.course_recipe(smoke=True, name=recipe)
     assert smoke.epochs == 2 and smoke.train_size == SMOKE_SIZES["train_size"] < 50_000
     assert dataclasses.replace(smoke, epochs=full.epochs, train_size=None, valid_size=None,
                                test_size=None) == full
 
 
 def test_recipes_name_their_checkpoints_apart(tmp_path):
-    names = {recipe: helpers.checkpoint_paths(helpers.course_settings(smoke=False, recipe=recipe),
+    names = {recipe: helpers.checkpoint_paths(helpers.course_recipe(smoke=False, name=recipe),
                                               tmp_path)[0].name
              for recipe in helpers.RECIPES}
     assert names == {"original": "original.pt", "original-fast": "original-fast.pt",
                      "improved": "improved.pt", "sprint": "sprint.pt", "accurate": "accurate.pt"}
-    final = helpers.course_settings(smoke=False, recipe="improved", final_fit=True)
+    final = helpers.course_recipe(smoke=False, name="improved", final_fit=True)
     assert helpers.checkpoint_paths(final, tmp_path)[1].name == "improved-final-last.pt"
 
 
@@ -60,18 +60,26 @@ def test_recipes_name_their_checkpoints_apart(tmp_path):
 ])
 def test_bad_recipe_settings_are_refused_with_the_way_out(overrides, message):
     with pytest.raises(ValueError) as error:
-        helpers.course_settings(smoke=True, **overrides)
+        helpers.course_recipe(smoke=True, **overrides)
     assert str(error.value) == message
     with pytest.raises(ValueError) as error:
-        helpers.course_settings(recipe="resnet")
+        helpers.course_recipe(name="resnet")
     assert str(error.value) == ("unknown recipe 'resnet': choose one of original, original-fast, "
                                 "improved, sprint, accurate")
 
 
 def test_a_recipe_recorded_without_a_name_is_unnamed():
-    saved = helpers.course_settings(smoke=False).as_dict()
+    saved = helpers.course_recipe(smoke=False).as_dict()
     del saved["name"]
-    assert helpers.Recipe.from_dict(saved) == helpers.course_settings(smoke=False, name="unnamed")
+    unnamed = dataclasses.replace(helpers.course_recipe(smoke=False), name="unnamed")
+    assert helpers.Recipe.from_dict(saved) == unnamed
+
+
+def test_a_recipe_recorded_with_its_network_as_model_reads_back():
+    """Checkpoints written before Recipe.model became Recipe.network (the reference ones)."""
+    saved = helpers.course_recipe("improved", smoke=False).as_dict()
+    saved["model"] = saved.pop("network")
+    assert helpers.Recipe.from_dict(saved) == helpers.course_recipe("improved", smoke=False)
 
 
 def test_the_recipe_for_a_network_prefers_its_own_path(monkeypatch):
@@ -95,12 +103,12 @@ def test_a_network_without_a_recipe_is_told_which_have_one(fast, where):
 
 
 def test_a_run_is_named_by_its_recipe_and_start_time():
-    name = recipes.run_name(helpers.course_settings(smoke=True))
+    name = recipes.run_name(helpers.course_recipe(smoke=True))
     assert re.fullmatch(r"original-b16-lr0\.001-smoke-20\d{6}-\d{6}", name), name
 
 
 def test_one_cycle_warms_up_then_anneals_once_per_batch():
-    settings = helpers.course_settings(smoke=False, recipe="original-fast")
+    settings = helpers.course_recipe(smoke=False, name="original-fast")
     optimizer = helpers.make_optimizer(helpers.build_model("original"), settings)
     scheduler = engine.make_schedule(optimizer, settings, steps_per_epoch=10)
     assert isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
@@ -111,13 +119,13 @@ def test_one_cycle_warms_up_then_anneals_once_per_batch():
     peak = lrs.index(max(lrs))
     assert max(lrs) == pytest.approx(settings.lr) and 0.2 < peak / len(lrs) < 0.4
     assert lrs[0] < settings.lr / 10 and lrs[-1] < settings.lr / 1000
-    plateau = engine.make_schedule(optimizer, helpers.course_settings(smoke=True), 10)
+    plateau = engine.make_schedule(optimizer, helpers.course_recipe(smoke=True), 10)
     assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
 def test_train_run_with_the_improved_recipe_learns_and_ends_its_schedule(small_sets, cpu, tmp_path):
     train, valid, _ = small_sets
-    settings = helpers.course_settings(smoke=True, recipe="improved", epochs=2, batch_size=64,
+    settings = helpers.course_recipe(smoke=True, name="improved", epochs=2, batch_size=64,
                                        train_size=512, valid_size=256, test_size=256)
     lines = []
     model, history, minutes = engine.train_run(settings, train, valid, cpu,
@@ -163,7 +171,7 @@ def test_a_trial_reports_validation_figures_only_and_refuses_unknown_settings(da
     assert trials.parse_overrides(["epochs=1", "lr=0.002", "optimizer=adamw", "augment=true"]) == \
         {"epochs": 1, "lr": 0.002, "optimizer": "adamw", "augment": True}
     with pytest.raises(ValueError,
-                       match="not KEY=VALUE with KEY one of the settings: model, epochs"):
+                       match="not KEY=VALUE with KEY one of the settings: network, epochs"):
         trials.parse_overrides(["epoch=1"])
     with pytest.raises(ValueError, match="a final fit trains on them"):
         trials.trial("improved", {"final_fit": True}, smoke=True, out=tmp_path)

@@ -98,7 +98,7 @@ def test_make_train_and_test_run_the_readme_commands():
 
 @needs_make
 def test_make_train_in_smoke_mode_evaluates_the_checkpoint_it_wrote():
-    smoke_best = helpers.checkpoint_paths(helpers.course_settings(smoke=True))[0].relative_to(
+    smoke_best = helpers.checkpoint_paths(helpers.course_recipe(smoke=True))[0].relative_to(
         helpers.REPO_ROOT)
     assert make_dry_run("train", env={"FMNIST_SMOKE": "1"})[-1] == \
         f".venv/bin/python helpers.py evaluate {smoke_best.as_posix()} --json"

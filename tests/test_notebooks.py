@@ -277,7 +277,7 @@ def test_a_stage_that_trains_a_recipe_checks_the_runtime_first(path):
     """Without a GPU a student should hear what the training costs before it starts, not after."""
     cells = code_sources(path)
     if path.name in SMALL_DEMOS:
-        recipes = re.findall(r"course_settings\(([^)]*)\)", "\n".join(cells))
+        recipes = re.findall(r"course_recipe\(([^)]*)\)", "\n".join(cells))
         assert any("train_size=" in arguments for arguments in recipes), path.name
         return
     trains = [i for i, code in enumerate(cells)

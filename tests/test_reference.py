@@ -67,7 +67,7 @@ def test_fixed_length_references_are_the_last_epoch_of_their_recipe(name):
     # a final fit: the recipe chosen on validation, then trained on all 60,000 training images
     # recorded before recipes had names: 'unnamed'
     saved = helpers.Recipe.from_dict(payload["settings"])
-    assert replace(saved, name=recipe) == helpers.course_settings(smoke=False, recipe=recipe,
+    assert replace(saved, name=recipe) == helpers.course_recipe(smoke=False, name=recipe,
                                                                   final_fit=True)
     assert payload["epoch"] == payload["settings"]["epochs"]
 

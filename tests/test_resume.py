@@ -19,14 +19,14 @@ from machinery.fast_path import DeviceLoader
 from test_training import small_run
 
 
-def test_resumed_run_ends_with_the_same_weights(small_sets, small_settings, tmp_path):
-    straight, straight_history, _ = small_run(small_sets, small_settings, tmp_path, epochs=4)
+def test_resumed_run_ends_with_the_same_weights(small_sets, small_recipe, tmp_path):
+    straight, straight_history, _ = small_run(small_sets, small_recipe, tmp_path, epochs=4)
 
-    small_run(small_sets, small_settings, tmp_path, epochs=2, last_path=tmp_path / "last.pt",
+    small_run(small_sets, small_recipe, tmp_path, epochs=2, last_path=tmp_path / "last.pt",
               best_path=tmp_path / "best.pt")                      # "interrupted" after epoch 2
     # fresh objects, as after a restart
     resumed, resumed_history, lines = small_run(
-        small_sets, small_settings, tmp_path, epochs=4, last_path=tmp_path / "last.pt",
+        small_sets, small_recipe, tmp_path, epochs=4, last_path=tmp_path / "last.pt",
         best_path=tmp_path / "best.pt", resume=tmp_path / "last.pt")
 
     assert lines[0].startswith("resumed from") and "after epoch 2" in lines[0]
@@ -38,7 +38,7 @@ def test_resumed_run_ends_with_the_same_weights(small_sets, small_settings, tmp_
     assert helpers.load_checkpoint(tmp_path / "last.pt")[1]["epoch"] == 4
 
 
-def test_ctrl_c_ends_the_run_cleanly_with_checkpoints_intact(small_sets, small_settings, tmp_path,
+def test_ctrl_c_ends_the_run_cleanly_with_checkpoints_intact(small_sets, small_recipe, tmp_path,
                                                              monkeypatch):
     real_train_one_epoch = helpers.train_one_epoch
     calls = []
@@ -50,7 +50,7 @@ def test_ctrl_c_ends_the_run_cleanly_with_checkpoints_intact(small_sets, small_s
         return real_train_one_epoch(*args)
 
     monkeypatch.setattr(helpers, "train_one_epoch", interrupted_in_epoch_3)
-    _, history, lines = small_run(small_sets, small_settings, tmp_path, epochs=5,
+    _, history, lines = small_run(small_sets, small_recipe, tmp_path, epochs=5,
                                   last_path=tmp_path / "last.pt", best_path=tmp_path / "best.pt")
     assert history.interrupted and history.epochs == 2
     assert "interrupted during epoch 3" in lines[-1]
@@ -65,7 +65,7 @@ def test_fp16_scale_carries_over_between_epochs_and_into_the_last_checkpoint(
     # the runner makes one gradient scaler per run: a fresh one each epoch would skip the first
     # updates of every epoch again while it finds its scale, and a resumed run would not repeat
     train_set, valid_set, _ = small_sets
-    settings = helpers.course_settings(smoke=True, recipe="improved", batch_size=64, epochs=2,
+    settings = helpers.course_recipe(smoke=True, name="improved", batch_size=64, epochs=2,
                                        model=loud_network)
     steppers = []
     real_train_one_epoch = helpers.train_one_epoch
@@ -96,10 +96,10 @@ def test_fp16_scale_carries_over_between_epochs_and_into_the_last_checkpoint(
     assert fresh.get_scale() == scalers[0].get_scale()
 
 
-def test_resume_needs_a_last_checkpoint(small_sets, small_settings, tmp_path):
+def test_resume_needs_a_last_checkpoint(small_sets, small_recipe, tmp_path):
     helpers.save_checkpoint(tmp_path / "weights.pt", helpers.build_model("original"))
     with pytest.raises(helpers.CheckpointError, match="no training state to resume from"):
-        small_run(small_sets, small_settings, tmp_path, epochs=2, resume=tmp_path / "weights.pt")
+        small_run(small_sets, small_recipe, tmp_path, epochs=2, resume=tmp_path / "weights.pt")
 
 
 def test_killed_training_process_leaves_loadable_checkpoints_and_resumes(tmp_path, data_root):
@@ -151,12 +151,12 @@ def scripted_evaluate(first_epoch: int):
 
 
 def test_a_resumed_original_recipe_repeats_the_drops_the_stop_and_the_best_checkpoint(
-        small_sets, small_settings, tmp_path, monkeypatch):
+        small_sets, small_recipe, tmp_path, monkeypatch):
     train_set, valid_set, test_set = small_sets
     # 2 steps an epoch
     tiny = (helpers.first(train_set, 64), helpers.first(valid_set, 32), test_set)
     monkeypatch.setattr(helpers, "evaluate", scripted_evaluate(1))
-    straight, straight_history, _ = small_run(tiny, small_settings, tmp_path / "a", epochs=30,
+    straight, straight_history, _ = small_run(tiny, small_recipe, tmp_path / "a", epochs=30,
                                               best_path=tmp_path / "a" / "best.pt",
                                               last_path=tmp_path / "a" / "last.pt")
     assert (straight_history.epochs == 10 and straight_history.stopped_early
@@ -166,9 +166,9 @@ def test_a_resumed_original_recipe_repeats_the_drops_the_stop_and_the_best_check
     paths = dict(best_path=tmp_path / "b" / "best.pt", last_path=tmp_path / "b" / "last.pt")
     monkeypatch.setattr(helpers, "evaluate", scripted_evaluate(1))
     # "interrupted" after epoch 5
-    small_run(tiny, small_settings, tmp_path / "b", epochs=5, **paths)
+    small_run(tiny, small_recipe, tmp_path / "b", epochs=5, **paths)
     monkeypatch.setattr(helpers, "evaluate", scripted_evaluate(6))
-    resumed, resumed_history, lines = small_run(tiny, small_settings, tmp_path / "b", epochs=30,
+    resumed, resumed_history, lines = small_run(tiny, small_recipe, tmp_path / "b", epochs=30,
                                                 resume=paths["last_path"], **paths)
     for field in ("lr", "valid_loss", "valid_accuracy", "train_loss", "best_epoch",
                   "stopped_early"):
@@ -180,13 +180,13 @@ def test_a_resumed_original_recipe_repeats_the_drops_the_stop_and_the_best_check
     assert any("learning rate reduced" in line for line in lines) and "early stop" in lines[-1]
 
 
-def test_resuming_a_run_that_stopped_early_trains_no_more(small_sets, small_settings, tmp_path,
+def test_resuming_a_run_that_stopped_early_trains_no_more(small_sets, small_recipe, tmp_path,
                                                           monkeypatch):
     train_set, valid_set, test_set = small_sets
     tiny = (helpers.first(train_set, 64), helpers.first(valid_set, 32), test_set)
     monkeypatch.setattr(helpers, "evaluate", scripted_evaluate(1))
-    small_run(tiny, small_settings, tmp_path, epochs=30, last_path=tmp_path / "last.pt")
-    _, history, lines = small_run(tiny, small_settings, tmp_path, epochs=30,
+    small_run(tiny, small_recipe, tmp_path, epochs=30, last_path=tmp_path / "last.pt")
+    _, history, lines = small_run(tiny, small_recipe, tmp_path, epochs=30,
                                   resume=tmp_path / "last.pt")
     assert history.epochs == 10 and history.stopped_early
     assert lines == [f"resumed from {tmp_path / 'last.pt'} after epoch 10: "
@@ -198,7 +198,7 @@ def test_a_one_cycle_run_refuses_to_be_resumed_for_more_epochs(small_sets, tmp_p
     """One-cycle plans its whole length up front: stretching it on resume would crash mid-run
     (PyTorch: 'Tried to step 3 times'), so the runner says so before training."""
     train_set, valid_set, _ = small_sets
-    recipe = helpers.course_settings(smoke=True, recipe="original-fast", epochs=1, batch_size=128)
+    recipe = helpers.course_recipe(smoke=True, name="original-fast", epochs=1, batch_size=128)
     sets = helpers.first(train_set, 256), helpers.first(valid_set, 128)
     run = dict(run_dir=tmp_path / "run", last_path=tmp_path / "last.pt", log=lambda line: None)
     engine.train_run(recipe, *sets, torch.device("cpu"), **run)
@@ -223,13 +223,13 @@ class Recorder:
 
 
 @pytest.fixture(scope="module")
-def trained_last(small_sets, small_settings, tmp_path_factory):
+def trained_last(small_sets, small_recipe, tmp_path_factory):
     """A real last checkpoint of the original recipe after 2 short epochs (plateau, early
     stopping)."""
     train_set, valid_set, test_set = small_sets
     tiny = (helpers.first(train_set, 64), helpers.first(valid_set, 32), test_set)
     folder = tmp_path_factory.mktemp("trained")
-    small_run(tiny, small_settings, folder, epochs=2, last_path=folder / "last.pt")
+    small_run(tiny, small_recipe, folder, epochs=2, last_path=folder / "last.pt")
     return folder / "last.pt"
 
 
@@ -239,10 +239,10 @@ def last_checkpoint(trained_last, tmp_path):
     return Path(shutil.copy(trained_last, tmp_path / "last.pt"))
 
 
-def fresh_objects(small_settings):
+def fresh_objects(small_recipe):
     model = helpers.build_model("original")
-    optimizer = helpers.make_optimizer(model, small_settings)
-    return model, optimizer, helpers.make_scheduler(optimizer, small_settings)
+    optimizer = helpers.make_optimizer(model, small_recipe)
+    return model, optimizer, helpers.make_scheduler(optimizer, small_recipe)
 
 
 def draw_from_every_generator(loader) -> tuple:
@@ -292,21 +292,21 @@ def test_training_state_records_no_best_path_and_no_scheduler_as_none():
     assert state["early_stopping"] is None and state["run_dir"] is None
 
 
-def test_restore_reads_on_the_device_it_is_given(last_checkpoint, small_settings, monkeypatch):
+def test_restore_reads_on_the_device_it_is_given(last_checkpoint, small_recipe, monkeypatch):
     read = []
     real_read = resume.read_checkpoint
     monkeypatch.setattr(resume, "read_checkpoint",
                         lambda path, device: read.append(device) or real_read(path, device))
-    model, optimizer, scheduler = fresh_objects(small_settings)
+    model, optimizer, scheduler = fresh_objects(small_recipe)
     device = torch.device("cpu")
     resume.restore_training(last_checkpoint, "original", model, optimizer, scheduler, None,
                             SimpleNamespace(generator=None), device, log=lambda line: None)
     assert read == [device]
 
 
-def test_restore_says_which_network_a_checkpoint_belongs_to(last_checkpoint, small_settings):
+def test_restore_says_which_network_a_checkpoint_belongs_to(last_checkpoint, small_recipe):
     model = helpers.build_model("improved")
-    optimizer = helpers.make_optimizer(model, small_settings)
+    optimizer = helpers.make_optimizer(model, small_recipe)
     with pytest.raises(helpers.CheckpointError) as error:
         resume.restore_training(last_checkpoint, "improved", model, optimizer, None, None,
                                 SimpleNamespace(generator=None), "cpu", log=lambda line: None)
@@ -314,17 +314,17 @@ def test_restore_says_which_network_a_checkpoint_belongs_to(last_checkpoint, sma
                                 f"not 'improved'")
 
 
-def test_restore_names_the_file_whose_weights_do_not_fit(last_checkpoint, small_settings):
+def test_restore_names_the_file_whose_weights_do_not_fit(last_checkpoint, small_recipe):
     payload = torch.load(last_checkpoint, weights_only=True)
     del payload["state_dict"]["linear2.bias"]
     torch.save(payload, last_checkpoint)
-    model, optimizer, scheduler = fresh_objects(small_settings)
+    model, optimizer, scheduler = fresh_objects(small_recipe)
     with pytest.raises(helpers.CheckpointError, match=str(last_checkpoint)):
         resume.restore_training(last_checkpoint, "original", model, optimizer, scheduler, None,
                                 SimpleNamespace(generator=None), "cpu", log=lambda line: None)
 
 
-def test_restore_says_when_the_optimizer_state_does_not_fit(last_checkpoint, small_settings):
+def test_restore_says_when_the_optimizer_state_does_not_fit(last_checkpoint, small_recipe):
     model = helpers.build_model("original")
     optimizer = torch.optim.Adam([model.linear2.bias])  # one parameter group, one parameter
     with pytest.raises(helpers.CheckpointError) as error:
@@ -334,14 +334,14 @@ def test_restore_says_when_the_optimizer_state_does_not_fit(last_checkpoint, sma
                                        f"not fit this run (")
 
 
-def test_restore_puts_back_only_what_both_sides_have(last_checkpoint, small_settings):
+def test_restore_puts_back_only_what_both_sides_have(last_checkpoint, small_recipe):
     """A schedule, a gradient scaler or early stopping is put back only where the run has one
     and the checkpoint saved one."""
     payload = torch.load(last_checkpoint, weights_only=True)
     state = payload["training_state"]
     assert state["scheduler"] is not None and state["early_stopping"] is not None
     assert state["scaler"] is None  # trained in float32
-    model, optimizer, _ = fresh_objects(small_settings)
+    model, optimizer, _ = fresh_objects(small_recipe)
     scaler = Recorder()
     # the run has no schedule and no early stopping; the checkpoint has no scaler
     history = resume.restore_training(last_checkpoint, "original", model, optimizer, None, None,
@@ -351,16 +351,16 @@ def test_restore_puts_back_only_what_both_sides_have(last_checkpoint, small_sett
     # the checkpoint has no schedule and no early stopping; the run has both
     payload["training_state"] = {**state, "scheduler": None, "early_stopping": None}
     torch.save(payload, last_checkpoint)
-    model, optimizer, scheduler = fresh_objects(small_settings)
-    stopper = helpers.EarlyStopping(small_settings.stop_patience)
+    model, optimizer, scheduler = fresh_objects(small_recipe)
+    stopper = helpers.EarlyStopping(small_recipe.stop_patience)
     resume.restore_training(last_checkpoint, "original", model, optimizer, scheduler, stopper,
                             SimpleNamespace(generator=None), "cpu", log=lambda line: None)
-    assert vars(stopper) == vars(helpers.EarlyStopping(small_settings.stop_patience))
+    assert vars(stopper) == vars(helpers.EarlyStopping(small_recipe.stop_patience))
 
 
-def test_restore_says_where_it_resumes_from(last_checkpoint, small_settings):
+def test_restore_says_where_it_resumes_from(last_checkpoint, small_recipe):
     lines = []
-    model, optimizer, scheduler = fresh_objects(small_settings)
+    model, optimizer, scheduler = fresh_objects(small_recipe)
     resume.restore_training(last_checkpoint, "original", model, optimizer, scheduler, None,
                             SimpleNamespace(generator=None), "cpu", log=lines.append)
     assert lines == [f"resumed from {last_checkpoint} after epoch 2"]

@@ -30,7 +30,7 @@ def test_the_sprint_network_gives_ten_logits_per_image():
 
 def test_the_sprint_recipe_declares_what_the_notebook_says():
     recipe = RECIPES["sprint"]
-    assert type(helpers.build_model(recipe.model)) is SprintCNN
+    assert type(helpers.build_model(recipe.network)) is SprintCNN
     assert recipe.fast and recipe.augment and recipe.flip_tta and recipe.schedule == "onecycle"
     assert recipe.shift == 0 and recipe.label_smoothing == 0.1 and recipe.epochs == 5
 
@@ -80,7 +80,7 @@ def spy_on_evaluate(monkeypatch) -> list:
 @pytest.mark.parametrize("flip_tta", [True, False])
 def test_validation_and_test_figures_use_flip_tta_when_the_recipe_asks(flip_tta, small_sets, cpu,
                                                                        monkeypatch, tmp_path):
-    recipe = replace(helpers.course_settings(smoke=True, recipe="sprint"), epochs=1,
+    recipe = replace(helpers.course_recipe(smoke=True, name="sprint"), epochs=1,
                      flip_tta=flip_tta)
     seen = spy_on_evaluate(monkeypatch)
     monkeypatch.setattr(engine, "recipe_datasets", lambda *_: small_sets)
@@ -122,7 +122,7 @@ def test_the_bench_compares_with_no_more_epochs_than_notebook_6_recorded():
 
 
 def test_sprint_bench_reports_both_sides_and_their_ratio(data_root):
-    recipe = helpers.course_settings(smoke=True, recipe="sprint")
+    recipe = helpers.course_recipe(smoke=True, name="sprint")
     report = bench.sprint_bench(recipe, rounds=2, root=data_root, images=256)
     assert [run["seed"] for run in report["runs"]] == [0, 1]
     assert all(run["epochs"] == 2 and 0 < run["test_accuracy"] <= 1 for run in report["runs"])
@@ -144,7 +144,7 @@ def test_bench_sprint_flag_runs_the_sprint(monkeypatch):
 
 
 def test_sprint_run_stops_at_validation_while_a_recipe_is_being_chosen(data_root, cpu):
-    recipe = replace(helpers.course_settings(smoke=True, recipe="sprint"), epochs=1)
+    recipe = replace(helpers.course_recipe(smoke=True, name="sprint"), epochs=1)
     result, model = bench.sprint_run(recipe, cpu, data_root, test=False)
     assert type(model) is SprintCNN
     assert "test_accuracy" not in result and 0 < result["valid_accuracy"] <= 1
@@ -178,6 +178,6 @@ def test_a_stopped_sprint_run_stops_instead_of_reporting_half_a_run(data_root, c
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt  # Colab's stop button, during the first epoch
     monkeypatch.setattr(helpers, "train_one_epoch", stopped)
-    recipe = replace(helpers.course_settings(smoke=True, recipe="sprint"), epochs=1)
+    recipe = replace(helpers.course_recipe(smoke=True, name="sprint"), epochs=1)
     with pytest.raises(KeyboardInterrupt):
         bench.sprint_run(recipe, cpu, data_root, test=False)

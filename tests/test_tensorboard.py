@@ -40,21 +40,21 @@ EPOCHS = 3
 
 
 @pytest.fixture(scope="module")
-def logged_run(tmp_path_factory, small_sets, small_settings):
+def logged_run(tmp_path_factory, small_sets, small_recipe):
     """A short real training run logged to a fresh runs folder: (runs folder, run name, history,
     the trained network, its best checkpoint)."""
     runs = tmp_path_factory.mktemp("runs")
     run_dir = runs / "original-smoke-test"
     best = tmp_path_factory.mktemp("checkpoints") / "best.pt"
     with SummaryWriter(run_dir) as writer:
-        model, history, _ = small_run(small_sets, small_settings, runs, epochs=EPOCHS,
+        model, history, _ = small_run(small_sets, small_recipe, runs, epochs=EPOCHS,
                                       writer=writer, best_path=best)
     return runs, run_dir.name, history, model, best
 
 
 # One test reads the whole run: mutmut credits the code a module-scoped fixture runs to the first
 # test that uses it, and runs only that test against a mutant of that code.
-def test_a_run_logs_every_panel_in_one_folder(logged_run, small_sets, small_settings):
+def test_a_run_logs_every_panel_in_one_folder(logged_run, small_sets, small_recipe):
     runs, name, history, model, best = logged_run
     scalars = helpers.read_scalars(runs / name)
     for tag in TAGS:  # one value per epoch, step = epoch
@@ -78,7 +78,7 @@ def test_a_run_logs_every_panel_in_one_folder(logged_run, small_sets, small_sett
     # HParams: every setting the recipe sets, with its value
     start = plugin_data_pb2.HParamsPluginData.FromString(
         events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
-    recipe = replace(small_settings, epochs=EPOCHS).as_dict()
+    recipe = replace(small_recipe, epochs=EPOCHS).as_dict()
     assert set(start.hparams) == {name for name, value in recipe.items() if value is not None}
     assert start.hparams["batch_size"].number_value == recipe["batch_size"]
     assert start.hparams["optimizer"].string_value == recipe["optimizer"]
@@ -183,17 +183,17 @@ class Favourite(nn.Module):
         return self.linear(x.flatten(1))
 
 
-def test_logging_every_panel_leaves_the_training_as_it_was(small_sets, small_settings, tmp_path):
+def test_logging_every_panel_leaves_the_training_as_it_was(small_sets, small_recipe, tmp_path):
     """The panels draw no random number: a logged run's weights equal an unlogged run's."""
     with SummaryWriter(tmp_path / "run") as writer:
-        logged = small_run(small_sets, small_settings, tmp_path, epochs=2, writer=writer)[0]
-    unlogged = small_run(small_sets, small_settings, tmp_path, epochs=2)[0]
+        logged = small_run(small_sets, small_recipe, tmp_path, epochs=2, writer=writer)[0]
+    unlogged = small_run(small_sets, small_recipe, tmp_path, epochs=2)[0]
     for (name, a), b in zip(logged.state_dict().items(), unlogged.state_dict().values()):
         assert torch.equal(a, b), name
 
 
 @pytest.mark.parametrize("best", [1, None], ids=["best weights", "no best weights"])
-def test_the_summary_shows_the_best_weights_mistakes_and_features(best, small_sets, small_settings,
+def test_the_summary_shows_the_best_weights_mistakes_and_features(best, small_sets, small_recipe,
                                                                    tmp_path, monkeypatch):
     valid_set = small_sets[1]
     images, labels = dataset_tensors(valid_set)
@@ -209,7 +209,7 @@ def test_the_summary_shows_the_best_weights_mistakes_and_features(best, small_se
     best_weights = Favourite(best).state_dict() if best is not None else None
     with SummaryWriter(tmp_path) as writer:
         tensorboard_panels.log_run_summary(writer, model, helpers.make_loader(valid_set, 100),
-                                           torch.device("cpu"), history, small_settings,
+                                           torch.device("cpu"), history, small_recipe,
                                            best_weights)
     assert model.linear.bias.argmax() == 0  # its own weights back
     predicted = 0 if best is None else best
@@ -235,7 +235,7 @@ def test_the_summary_shows_the_best_weights_mistakes_and_features(best, small_se
         assert (tile - images[index] * 255).abs().max() <= 1, index
 
 
-def test_a_resumed_run_adds_epochs_and_summarises_the_best_checkpoint(small_sets, small_settings,
+def test_a_resumed_run_adds_epochs_and_summarises_the_best_checkpoint(small_sets, small_recipe,
                                                                      tmp_path, monkeypatch):
     run_dir, best, last = tmp_path / "run", tmp_path / "best.pt", tmp_path / "last.pt"
     real_train, real_evaluate = helpers.train_one_epoch, helpers.evaluate
@@ -248,7 +248,7 @@ def test_a_resumed_run_adds_epochs_and_summarises_the_best_checkpoint(small_sets
 
     with monkeypatch.context() as patch, SummaryWriter(run_dir) as writer:
         patch.setattr(helpers, "train_one_epoch", train_until_stopped)
-        history = small_run(small_sets, small_settings, tmp_path, epochs=3, writer=writer,
+        history = small_run(small_sets, small_recipe, tmp_path, epochs=3, writer=writer,
                             best_path=best, last_path=last)[1]
     assert history.interrupted and not list(run_dir.glob("0000*"))  # no summary yet
     events = EventAccumulator(str(run_dir))
@@ -258,7 +258,7 @@ def test_a_resumed_run_adds_epochs_and_summarises_the_best_checkpoint(small_sets
     monkeypatch.setattr(helpers, "evaluate",  # epoch 3 is worse: the best weights stay on disk
                         lambda *args: (real_evaluate(*args)[0], 0.0))
     with SummaryWriter(run_dir) as writer:
-        model, history, _ = small_run(small_sets, small_settings, tmp_path, epochs=3,
+        model, history, _ = small_run(small_sets, small_recipe, tmp_path, epochs=3,
                                       writer=writer, best_path=best, last_path=last, resume=last)
     assert (history.epochs, history.best_epoch) == (3, best_epoch)
     events = EventAccumulator(str(run_dir), size_guidance={"histograms": 0})

@@ -47,10 +47,10 @@ def small_run(small_sets, recipe, tmp_path, epochs, **run_kwargs):
     return model, history, lines
 
 
-def test_fit_learns_logs_and_checkpoints(small_sets, small_settings, tmp_path):
+def test_fit_learns_logs_and_checkpoints(small_sets, small_recipe, tmp_path):
     run_dir = tmp_path / "runs" / "smoke"
     with SummaryWriter(run_dir) as writer:
-        model, history, lines = small_fit(small_sets, small_settings, epochs=3, writer=writer,
+        model, history, lines = small_fit(small_sets, small_recipe, epochs=3, writer=writer,
                                           best_path=tmp_path / "best.pt")
     assert history.epochs == 3 and len(lines) == 3
     assert history.train_loss[-1] < history.train_loss[0] < 2.5
@@ -72,18 +72,18 @@ def test_fit_learns_logs_and_checkpoints(small_sets, small_settings, tmp_path):
     assert accuracy == max(history.valid_accuracy)  # the best epoch's weights, not the last's
 
 
-def test_the_runner_keeps_a_last_checkpoint_of_the_last_epoch(small_sets, small_settings, tmp_path):
-    model, history, lines = small_run(small_sets, small_settings, tmp_path, epochs=2,
+def test_the_runner_keeps_a_last_checkpoint_of_the_last_epoch(small_sets, small_recipe, tmp_path):
+    model, history, lines = small_run(small_sets, small_recipe, tmp_path, epochs=2,
                                       last_path=tmp_path / "last.pt")
     last, meta = helpers.load_checkpoint(tmp_path / "last.pt")
-    assert meta["epoch"] == 2 and meta["recipe"] == small_settings.name and len(lines) == 2
-    assert meta["settings"] == replace(small_settings, epochs=2).as_dict()
+    assert meta["epoch"] == 2 and meta["recipe"] == small_recipe.name and len(lines) == 2
+    assert meta["settings"] == replace(small_recipe, epochs=2).as_dict()
     images = torch.rand(8, 1, 28, 28)
     model.eval()
     assert torch.equal(last(images), model(images))
 
 
-def test_scheduler_and_early_stopping_on_a_scripted_plateau(small_sets, small_settings, tmp_path,
+def test_scheduler_and_early_stopping_on_a_scripted_plateau(small_sets, small_recipe, tmp_path,
                                                             monkeypatch):
     # Validation improves for three epochs, then stays flat: the scheduler cuts the learning rate
     # after lr_patience (4) more epochs without progress, early stopping ends the run after 7.
@@ -93,7 +93,7 @@ def test_scheduler_and_early_stopping_on_a_scripted_plateau(small_sets, small_se
                         lambda *args: (next(valid_losses), next(valid_accuracies)))
     train_set, valid_set, test_set = small_sets
     tiny = (helpers.first(train_set, 64), valid_set, test_set)  # 10 epochs, so keep them short
-    _, history, lines = small_fit(tiny, small_settings, epochs=30, best_path=tmp_path / "best.pt")
+    _, history, lines = small_fit(tiny, small_recipe, epochs=30, best_path=tmp_path / "best.pt")
     assert history.epochs == 10 and history.stopped_early
     assert history.lr == [1e-3] * 8 + [pytest.approx(1e-4)] * 2
     assert any("learning rate reduced: 1e-03 -> 1e-04" in line for line in lines)
@@ -131,12 +131,12 @@ def test_evaluate_averages_the_loss_over_images_not_batches(small_sets, cpu):
 ])
 def test_bad_settings_are_refused(bad, message):
     with pytest.raises(ValueError, match=message):
-        helpers.course_settings(smoke=True, **bad)
+        helpers.course_recipe(smoke=True, **bad)
 
 
 def test_a_recipe_for_an_unknown_network_fails_when_the_network_is_built():
     # helpers.build_model is the one place that checks network names
-    recipe = helpers.course_settings(smoke=True, model="vgg")
+    recipe = helpers.course_recipe(smoke=True, network="vgg")
     with pytest.raises(ValueError, match="unknown network 'vgg': choose one of original, improved"):
         engine.make_training(recipe, torch.device("cpu"), steps_per_epoch=1)
 
@@ -189,13 +189,13 @@ def test_evaluate_records_no_autograd_graph(small_sets, cpu):
     assert grad_modes and not any(grad_modes)
 
 
-def test_the_runner_times_its_epochs_and_itself_by_the_clock(small_sets, small_settings, cpu,
+def test_the_runner_times_its_epochs_and_itself_by_the_clock(small_sets, small_recipe, cpu,
                                                              tmp_path, monkeypatch):
     ticks = itertools.count(start=0, step=15.1)  # a clock that moves 15.1 s at every reading
     monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
     train_set, valid_set, _ = small_sets
     lines = []
-    _, history, minutes = engine.train_run(replace(small_settings, epochs=3),
+    _, history, minutes = engine.train_run(replace(small_recipe, epochs=3),
                                            helpers.first(train_set, 64), valid_set, cpu,
                                            run_dir=tmp_path / "run", log=lines.append)
     # readings: the run's start, each epoch's start and end, the run's end

@@ -129,26 +129,26 @@ def augmented(loader) -> bool:
 # Two recipes with a distinctive value for every setting, none of them a default: one on the
 # original path (plateau schedule, early stopping, Adam), one on the fast path (one-cycle, AdamW,
 # augmentation, label smoothing).
-PLATEAU = dict(model="original", batch_size=24, lr=2e-3, optimizer="adam", weight_decay=1e-4,
+PLATEAU = dict(network="original", batch_size=24, lr=2e-3, optimizer="adam", weight_decay=1e-4,
                lr_factor=0.3, lr_patience=2, stop_patience=3, seed=5, label_smoothing=0.05,
                epochs=3)
-ONE_CYCLE = dict(model="improved", fast=True, batch_size=48, lr=3e-3, optimizer="adamw",
+ONE_CYCLE = dict(network="improved", fast=True, batch_size=48, lr=3e-3, optimizer="adamw",
                  weight_decay=0.02, schedule="onecycle", augment=True, label_smoothing=0.2,
                  seed=7, epochs=2)
 
 
 @pytest.mark.parametrize("settings", [PLATEAU, ONE_CYCLE], ids=["plateau", "one-cycle"])
 def test_train_run_hands_every_setting_to_what_uses_it(settings, wiring, small_sets,
-                                                         small_settings, tmp_path, cpu):
-    recipe = replace(small_settings, name="wired", **settings)
+                                                         small_recipe, tmp_path, cpu):
+    recipe = replace(small_recipe, name="wired", **settings)
     train_set, valid_set, test_set = small_sets
     model, history, _ = engine.train_run(recipe, train_set, valid_set, cpu,
                                          run_dir=tmp_path / "run", log=lambda line: None)
 
     # the network asked for, its weights drawn after seeding; the seed's generator shuffles.
     # (A second, untrained copy is traced for TensorBoard's Graphs tab.)
-    assert [call["name"] for call in wiring.builds] == [recipe.model] * 2
-    assert type(model) is helpers.NETWORKS[recipe.model]
+    assert [call["name"] for call in wiring.builds] == [recipe.network] * 2
+    assert type(model) is helpers.NETWORKS[recipe.network]
     assert [call["seed"] for call in wiring.seeds] == [recipe.seed]
     assert wiring.seeds_at_build == [recipe.seed] * 2
     loader = wiring.train_loader
@@ -211,9 +211,9 @@ def test_train_run_hands_every_setting_to_what_uses_it(settings, wiring, small_s
 
 
 def test_train_run_keeps_its_checkpoints_and_lines_where_asked(wiring, small_sets,
-                                                              small_settings, tmp_path, cpu,
+                                                              small_recipe, tmp_path, cpu,
                                                               capsys):
-    recipe = replace(small_settings, name="kept", epochs=2)
+    recipe = replace(small_recipe, name="kept", epochs=2)
     lines, best_path, last_path = [], tmp_path / "best.pt", tmp_path / "last.pt"
     _, history, _ = engine.train_run(recipe, *small_sets[:2], cpu, run_dir=tmp_path / "run",
                                      best_path=best_path, last_path=last_path, log=lines.append)
@@ -232,12 +232,12 @@ def test_train_run_keeps_its_checkpoints_and_lines_where_asked(wiring, small_set
 
 def test_the_loaders_are_built_for_the_device_asked(small_sets, cpu):
     train_set, valid_set, _ = small_sets
-    fast = helpers.course_settings(smoke=True, recipe="original-fast")
+    fast = helpers.course_recipe(smoke=True, name="original-fast")
     meta = torch.device("meta")  # holds no data: only where the tensors live is checked
     assert engine.make_train_loader(fast, train_set, torch.Generator(), meta).images.is_meta
     assert engine.make_eval_loader(fast, valid_set, meta).images.is_meta
     # the original path: a DataLoader pins batches in memory for a GPU's copy, not for a CPU
-    plain, cuda = helpers.course_settings(smoke=True), torch.device("cuda")
+    plain, cuda = helpers.course_recipe(smoke=True), torch.device("cuda")
     assert engine.make_train_loader(plain, train_set, torch.Generator(), cuda).pin_memory
     assert engine.make_eval_loader(plain, valid_set, cuda).pin_memory
     assert not engine.make_train_loader(plain, train_set, torch.Generator(), cpu).pin_memory
@@ -246,10 +246,10 @@ def test_the_loaders_are_built_for_the_device_asked(small_sets, cpu):
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "original"])
 @pytest.mark.parametrize("precision", [torch.bfloat16, torch.float16])
 def test_the_hardware_precision_reaches_the_training_step_on_the_fast_path_only(
-        precision, fast, wiring, small_sets, small_settings, tmp_path, cpu, monkeypatch):
+        precision, fast, wiring, small_sets, small_recipe, tmp_path, cpu, monkeypatch):
     # a GPU's choice, forced: the CPU runs both types under autocast, slowly (two batches here)
     monkeypatch.setattr(engine, "mixed_precision", lambda device: precision)
-    recipe = replace(small_settings, name="precise", fast=fast, epochs=1, batch_size=32)
+    recipe = replace(small_recipe, name="precise", fast=fast, epochs=1, batch_size=32)
     model, _, _ = engine.train_run(recipe, *small_sets[:2], cpu, run_dir=tmp_path / "run",
                                    log=lambda line: None)
     [call] = wiring.trains
@@ -267,11 +267,11 @@ def test_the_hardware_precision_reaches_the_training_step_on_the_fast_path_only(
         assert isinstance(stepper, torch.optim.Adam)
 
 
-def test_resume_restores_into_the_runs_own_objects(wiring, small_sets, small_settings,
+def test_resume_restores_into_the_runs_own_objects(wiring, small_sets, small_recipe,
                                                    tmp_path, cpu, monkeypatch):
     monkeypatch.setattr(engine, "mixed_precision", lambda device: torch.float16)  # a T4's
     # one-cycle: its schedule's length must match the resumed run's, which it does here
-    recipe = replace(small_settings, name="resumed", fast=True, schedule="onecycle", epochs=1,
+    recipe = replace(small_recipe, name="resumed", fast=True, schedule="onecycle", epochs=1,
                      batch_size=32)
     last = tmp_path / "last.pt"
     for resume in (None, last):
@@ -280,7 +280,7 @@ def test_resume_restores_into_the_runs_own_objects(wiring, small_sets, small_set
     [restore] = wiring.restores
     [trained] = wiring.trains  # the resumed run had nothing left to train
     assert restore["path"] == last and restore["device"] == cpu
-    assert restore["network"] == recipe.model
+    assert restore["network"] == recipe.network
     # the fresh run's own scaler gets the saved scale (not a new one that would skip updates)
     assert restore["scaler"] is not trained["optimizer"].scaler
     assert isinstance(restore["scaler"], torch.amp.GradScaler) and restore["scaler"].is_enabled()
@@ -294,7 +294,7 @@ def test_every_train_flag_reaches_the_run_and_each_set_its_role(wiring, data_roo
                 "--out", str(out), "--runs", str(tmp_path / "runs"), "--data", str(data_root),
                 "--device", "cpu") == 0
     [run] = wiring.runs
-    assert run["recipe"] == helpers.course_settings(smoke=True, recipe="improved", batch_size=40,
+    assert run["recipe"] == helpers.course_recipe(smoke=True, name="improved", batch_size=40,
                                                     epochs=2)
     assert [call["name"] for call in wiring.devices] == ["cpu"] and run["device"] == cpu
     # the run's network, its copy for the Graphs tab, and its best checkpoint's, loaded back for
@@ -307,7 +307,7 @@ def test_every_train_flag_reaches_the_run_and_each_set_its_role(wiring, data_roo
     assert Path(run["run_dir"]).parent == tmp_path / "runs" and Path(run["run_dir"]).is_dir()
 
     # data roles, by the images each piece received: the smoke sizes of the course split
-    train_set, valid_set, test_set = helpers.load_datasets(helpers.course_settings(smoke=True),
+    train_set, valid_set, test_set = helpers.load_datasets(helpers.course_recipe(smoke=True),
                                                            data_root)
     sets = {"train": train_set, "valid": valid_set, "test": test_set}
     assert role(wiring.train_loader, sets) == "train"
@@ -332,7 +332,7 @@ def test_fast_and_compile_flags_reach_the_network_and_the_loaders(wiring, data_r
                 "--out", str(tmp_path / "fast.pt"), "--runs", str(tmp_path / "runs"),
                 "--data", str(data_root), "--device", "cpu") == 0
     [run] = wiring.runs
-    assert run["recipe"] == helpers.course_settings(smoke=True, recipe="original-fast", epochs=1,
+    assert run["recipe"] == helpers.course_recipe(smoke=True, name="original-fast", epochs=1,
                                                     compile=True)
     [compiled] = wiring.compiled
     assert wiring.trains[0]["model"] is compiled["model"] and compiled["device"] == cpu
@@ -349,7 +349,7 @@ def test_a_final_fit_keeps_no_best_checkpoint_and_reports_its_last_epoch(wiring,
                 "--data", str(data_root), "--device", "cpu") == 0
     [run] = wiring.runs
     assert run["recipe"].final_fit and run["best_path"] is None
-    _, valid_set, test_set = helpers.load_datasets(helpers.course_settings(smoke=True), data_root)
+    _, valid_set, test_set = helpers.load_datasets(helpers.course_recipe(smoke=True), data_root)
     sets = {"valid": valid_set, "test": test_set}
     assert [role(call["loader"], sets) for call in wiring.evaluations] == ["valid", "test"]
 
@@ -425,11 +425,11 @@ def test_resume_carries_the_runs_settings_paths_and_tensorboard_folder(wiring, d
 def test_fit_trains_on_its_first_loader_and_validates_on_its_second(wiring, small_sets, cpu):
     train_set, valid_set, test_set = small_sets
     model = helpers.build_model("original")
-    optimizer = helpers.make_optimizer(model, helpers.course_settings())
+    optimizer = helpers.make_optimizer(model, helpers.course_recipe())
     train_loader = helpers.make_loader(train_set, 32, shuffle=True)
     valid_loader = helpers.make_loader(valid_set, 256)
     history = helpers.fit(model, train_loader, valid_loader, nn.CrossEntropyLoss(), optimizer,
-                          helpers.make_scheduler(optimizer, helpers.course_settings()), cpu,
+                          helpers.make_scheduler(optimizer, helpers.course_recipe()), cpu,
                           epochs=2, patience=3, log=lambda line: None)
     sets = {"train": train_set, "valid": valid_set, "test": test_set}
     assert [role(call["loader"], sets) for call in wiring.trains] == ["train", "train"]
@@ -445,7 +445,7 @@ def test_evaluate_command_scores_checkpoints_on_the_whole_test_set(wiring, data_
     monkeypatch.setenv("FMNIST_SMOKE", "1")  # a checkpoint's test figures are never a sample
     assert main("evaluate", str(helpers.REFERENCE / "original.pt"),
                 "--data", str(data_root), "--device", "cpu") == 0
-    _, _, test_set = helpers.load_datasets(helpers.course_settings(smoke=False), data_root)
+    _, _, test_set = helpers.load_datasets(helpers.course_recipe(smoke=False), data_root)
     [call] = wiring.evaluations
     assert torch.equal(images(call["loader"]), images(test_set))
     assert "on 10,000 images" in capsys.readouterr().out
@@ -457,7 +457,7 @@ def test_a_resumed_run_that_kept_no_paths_uses_the_defaults(stopped_run, tmp_pat
                                                               data_root, cpu):
     """A last checkpoint that recorded no best checkpoint and no TensorBoard folder: the run
     carries on with the command's own."""
-    recipe = helpers.course_settings(smoke=True)
+    recipe = helpers.course_recipe(smoke=True)
     with pytest.raises(Stop):
         runs.train(recipe, cpu, data=data_root, runs=tmp_path / "runs", out=tmp_path / "mine.pt",
                    resume=tmp_path / "mine-last.pt", state={"best_path": None, "run_dir": None})
@@ -472,7 +472,7 @@ def test_a_final_fit_keeps_no_best_checkpoint_and_says_why(stopped_run, tmp_path
                                                            data_root, cpu):
     lines = []
     with pytest.raises(Stop):
-        runs.train(helpers.course_settings(smoke=True, recipe="original-fast", final_fit=True), cpu,
+        runs.train(helpers.course_recipe(smoke=True, name="original-fast", final_fit=True), cpu,
                    data=data_root, runs=tmp_path / "runs", out=tmp_path / "mine.pt",
                    log=lines.append)
     assert stopped_run[0]["best_path"] is None
@@ -481,7 +481,7 @@ def test_a_final_fit_keeps_no_best_checkpoint_and_says_why(stopped_run, tmp_path
 
 
 def test_resume_takes_only_epochs_and_compile_from_the_command(tmp_path):
-    recipe = helpers.course_settings(smoke=True)
+    recipe = helpers.course_recipe(smoke=True)
     engine.save(tmp_path / "last.pt", helpers.build_model("original"), recipe, 1, {},
                 training_state={"history": {}})
     resumed, state = runs.resumed_recipe(tmp_path / "last.pt", epochs=9, compile=True,
@@ -502,7 +502,7 @@ def test_evaluate_reports_each_checkpoint_on_the_whole_test_set(monkeypatch, tmp
     loads = spy.on(helpers, "load_checkpoint")
     datasets = spy.on(helpers, "load_datasets")
     loaders = spy.on(runs, "DeviceLoader")
-    recipe = helpers.course_settings(smoke=True)
+    recipe = helpers.course_recipe(smoke=True)
     model = helpers.build_model("original")
     engine.save(tmp_path / "one.pt", model, recipe, 3, {})
     before = time.perf_counter()
@@ -512,7 +512,7 @@ def test_evaluate_reports_each_checkpoint_on_the_whole_test_set(monkeypatch, tmp
     assert [call["root"] for call in datasets] == [data_root]
     assert [(call["batch_size"], call["device"]) for call in loaders] == [(1000, cpu)]
     model.eval()
-    test_set = helpers.load_datasets(helpers.course_settings(smoke=False), data_root)[2]
+    test_set = helpers.load_datasets(helpers.course_recipe(smoke=False), data_root)[2]
     expected = helpers.evaluate(model, helpers.make_loader(test_set, 1000), nn.CrossEntropyLoss(),
                                 cpu)
     seconds = report.pop("seconds")

@@ -24,7 +24,7 @@ def load_check(calls: int = 5000, evaluations: int = 5) -> dict:
 
     device = torch.device("cpu")
     model, _ = helpers.load_checkpoint(helpers.course_checkpoint("original"), device)
-    _, _, test_set = helpers.load_datasets(helpers.course_settings(smoke=False))
+    _, _, test_set = helpers.load_datasets(helpers.course_recipe(smoke=False))
     loader = helpers.make_loader(test_set, 1000)
     loss_fn = torch.nn.CrossEntropyLoss()
     report = {"evaluations_mb": [], "predict_mb": []}
@@ -51,7 +51,7 @@ def short_run(recipe, precision, train_set, test_set, device, epochs: int = 2) -
         loss = helpers.train_one_epoch(trained, train_loader, loss_fn, stepper, device)
     seconds = time.perf_counter() - start
     accuracy = helpers.evaluate(model, test_loader, torch.nn.CrossEntropyLoss(), device)[1]
-    return {"label": f"{recipe.model}, {epochs} of {recipe.epochs} epochs, {precision}",
+    return {"label": f"{recipe.network}, {epochs} of {recipe.epochs} epochs, {precision}",
             "train_loss": round(loss, 4), "test_accuracy": round(accuracy, 4),
             "seconds": round(seconds, 2)}
 
@@ -65,8 +65,8 @@ def gpu_runs():
     compiled run pays for compiling, the later ones find the compiled kernels cached.
     """
     device = helpers.pick_device()
-    train_set, _, test_set = helpers.load_datasets(helpers.course_settings(smoke=False))
-    improved = helpers.course_settings(smoke=False, recipe="improved")
+    train_set, _, test_set = helpers.load_datasets(helpers.course_recipe(smoke=False))
+    improved = helpers.course_recipe(smoke=False, name="improved")
     for precision in (torch.float16, torch.bfloat16, None):
         yield short_run(improved, precision, train_set, test_set, device)
     for label, recipe in [("improved, 12-epoch one-cycle", replace(improved, epochs=12)),

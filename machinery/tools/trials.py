@@ -73,7 +73,7 @@ def trial(recipe: str, overrides: dict, smoke: bool | None = None, out: Path | N
                          "them: choose the recipe with trials, then train it with "
                          "python helpers.py train --final-fit")
     name = "-".join(["trial", recipe, *(f"{key}{value}" for key, value in overrides.items())])
-    variant = dataclasses.replace(helpers.course_settings(smoke=smoke, recipe=recipe, **overrides),
+    variant = dataclasses.replace(helpers.course_recipe(smoke=smoke, name=recipe, **overrides),
                                   name=name)
     best_path, last_path = checkpoint_paths(variant, out or CHECKPOINTS, name)  # smoke: -smoke
     train_set, valid_set, _ = engine.recipe_datasets(variant, helpers.DATA_ROOT)
