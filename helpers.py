@@ -290,6 +290,15 @@ def predict_all(model: nn.Module, loader: DataLoader,
     return torch.cat(labels), torch.cat(predictions)
 
 
+# Notebook 8 writes sign_test as it is here, without the type hints.
+
+def sign_test(a_only: int, b_only: int) -> float:
+    """Two-sided exact sign test: how often a fair coin splits a_only + b_only images at least
+    this unevenly."""
+    n, k = a_only + b_only, min(a_only, b_only)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
 # Notebook 7 writes feature_maps and occlusion_map as they are here, without the type hints.
 
 @torch.no_grad()

@@ -165,15 +165,15 @@ def test_fp16_with_a_gradient_scaler_trains_without_a_schedule_warning(small_set
     # those updates, and the one-cycle schedule, stepped by the optimizer's own step, waits too:
     # no "lr_scheduler.step() before optimizer.step()" warning for a student to puzzle over.
     train, _, _ = small_sets
-    settings = helpers.course_recipe(smoke=True, name="improved", batch_size=32,
-                                       model=loud_network)
+    recipe = helpers.course_recipe(smoke=True, name="improved", batch_size=32,
+                                     network=loud_network)
     torch.manual_seed(0)
     model = helpers.build_model(loud_network)
     before = [p.detach().clone() for p in model.parameters()]
     loader = DeviceLoader(helpers.first(train, 128), 32, shuffle=True,
                           generator=torch.Generator().manual_seed(0))
-    optimizer = helpers.make_optimizer(model, settings)
-    schedule = engine.make_schedule(optimizer, settings, len(loader))
+    optimizer = helpers.make_optimizer(model, recipe)
+    schedule = engine.make_schedule(optimizer, recipe, len(loader))
     trained, stepper = engine.with_precision(model, optimizer, cpu, torch.float16)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -325,7 +325,8 @@ def test_sync_leaves_a_stamped_notebook_as_committed(path, tmp_path):
 
 # what a notebook writes out in full and helpers.py holds too, for the later stages to call
 TAUGHT = {"06_train.ipynb": ("train_one_epoch", "evaluate", "EarlyStopping", "fit"),
-          "07_predict.ipynb": ("feature_maps", "occlusion_map")}
+          "07_predict.ipynb": ("feature_maps", "occlusion_map"),
+          "08_evaluate.ipynb": ("sign_test",)}
 
 
 def definitions(code: str, names: tuple[str, ...]) -> dict[str, str]:
@@ -349,8 +350,9 @@ def definitions(code: str, names: tuple[str, ...]) -> dict[str, str]:
 @pytest.mark.whole_checkout
 @pytest.mark.parametrize("notebook", sorted(TAUGHT))
 def test_a_notebook_writes_the_code_helpers_runs(notebook):
-    """The loop a student writes in notebook 6 is the loop helpers.fit runs, and notebook 7's
-    hooks are helpers.feature_maps: same code, type hints aside."""
+    """The loop a student writes in notebook 6 is the loop helpers.fit runs, notebook 7's hooks
+    are helpers.feature_maps and notebook 8's sign test is helpers.sign_test: same code, type
+    hints aside."""
     names = TAUGHT[notebook]
     written = definitions(
         "\n\n".join(code_sources(course_notebooks.find_notebook(notebook))), names)

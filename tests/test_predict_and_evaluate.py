@@ -233,3 +233,11 @@ def test_occlusion_map_covers_squares_of_the_size_asked():
     small = helpers.occlusion_map(OneCorner(), image, target=1, patch=2)
     assert small[6, :6].min() > 0 and small[7:, :].abs().max() == 0
     assert small[:6, 6].min() > 0 and small[:, 7:].abs().max() == 0
+
+
+def test_the_sign_test_is_the_exact_two_sided_binomial_tail():
+    assert helpers.sign_test(10, 0) == helpers.sign_test(0, 10) == 2 / 2 ** 10
+    assert helpers.sign_test(5, 5) == helpers.sign_test(0, 0) == 1.0  # never above 1
+    # P(X <= 40) for X ~ Binomial(100, 1/2), doubled
+    assert abs(helpers.sign_test(60, 40) - 0.0569) < 1e-4
+    assert helpers.sign_test(120, 80) < helpers.sign_test(60, 40)  # the same split, more images

@@ -65,8 +65,8 @@ def test_fp16_scale_carries_over_between_epochs_and_into_the_last_checkpoint(
     # the runner makes one gradient scaler per run: a fresh one each epoch would skip the first
     # updates of every epoch again while it finds its scale, and a resumed run would not repeat
     train_set, valid_set, _ = small_sets
-    settings = helpers.course_recipe(smoke=True, name="improved", batch_size=64, epochs=2,
-                                       model=loud_network)
+    recipe = helpers.course_recipe(smoke=True, name="improved", batch_size=64, epochs=2,
+                                     network=loud_network)
     steppers = []
     real_train_one_epoch = helpers.train_one_epoch
 
@@ -77,11 +77,11 @@ def test_fp16_scale_carries_over_between_epochs_and_into_the_last_checkpoint(
     monkeypatch.setattr(helpers, "train_one_epoch", spy)
     cpu = torch.device("cpu")
     helpers.seed_everything(0)
-    model, optimizer, scheduler, loss_fn = engine.make_training(settings, cpu, steps_per_epoch=2)
+    model, optimizer, scheduler, loss_fn = engine.make_training(recipe, cpu, steps_per_epoch=2)
     loader = DeviceLoader(helpers.first(train_set, 128), 64, shuffle=True,
                           generator=torch.Generator().manual_seed(0))
     monkeypatch.setattr(engine, "mixed_precision", lambda device: torch.float16)  # a T4's choice
-    engine.run_epochs(model, loader, DeviceLoader(helpers.first(valid_set, 64), 64), settings,
+    engine.run_epochs(model, loader, DeviceLoader(helpers.first(valid_set, 64), 64), recipe,
                       optimizer, scheduler, loss_fn, cpu, last_path=tmp_path / "last.pt",
                       log=lambda line: None)
     scalers = [stepper.scaler for stepper in steppers]
@@ -90,7 +90,7 @@ def test_fp16_scale_carries_over_between_epochs_and_into_the_last_checkpoint(
     assert saved["scale"] == scalers[0].get_scale() < 2.0 ** 16
 
     fresh = torch.amp.GradScaler("cpu")
-    model, optimizer, scheduler, _ = engine.make_training(settings, cpu, steps_per_epoch=2)
+    model, optimizer, scheduler, _ = engine.make_training(recipe, cpu, steps_per_epoch=2)
     resume.restore_training(tmp_path / "last.pt", loud_network, model, optimizer, scheduler, None,
                             loader, cpu, fresh, log=lambda line: None)
     assert fresh.get_scale() == scalers[0].get_scale()

@@ -169,7 +169,7 @@ MUTANTS = [
     Mutant("notebooks 7-9 mount Drive but never look on it", "machinery/colab.py",
            "folders.insert(0, mount_drive())", "mount_drive()", ("tests/test_colab.py",)),
     Mutant("setup cell fetches the moving branch", "machinery/tools/notebooks.py",
-           "COURSE_REPO, COURSE_REF],", 'COURSE_REPO, "main"],', ("tests/test_notebooks.py",)),
+           "-b {version} {repository}", "-b main {repository}", ("tests/test_notebooks.py",)),
 ]
 
 # Mutants that cannot change anything a test, a student or a checkpoint can observe, and why.
