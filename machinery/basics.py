@@ -54,8 +54,8 @@ def machine() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                 if line.startswith("model name")), "CPU") if cpuinfo.exists() else "CPU"
-    threads = torch.get_num_threads()
-    return (f"CPU only ({cpu}, {os.cpu_count()} cores, torch using {threads} "
+    threads = torch.get_num_threads()  # os.cpu_count() counts logical CPUs, hyperthreads too
+    return (f"CPU only ({cpu}, {os.cpu_count()} CPUs, torch using {threads} "
             f"thread{'s' if threads > 1 else ''}) with torch {torch.__version__}")
 
 

@@ -219,7 +219,7 @@ def test_the_machine_line_names_this_cpu(monkeypatch):
     lines = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
                "CPU")  # an ARM machine's cpuinfo names no model
-    assert helpers.machine().startswith(f"CPU only ({cpu}, {os.cpu_count()} cores, torch using ")
+    assert helpers.machine().startswith(f"CPU only ({cpu}, {os.cpu_count()} CPUs, torch using ")
 
 
 def test_pick_device_on_a_machine_with_a_gpu_and_with_mps(monkeypatch):
