@@ -11,12 +11,8 @@ from dataclasses import replace
 import helpers
 
 REFERENCES = sorted(helpers.REFERENCE.glob("*.pt"))
-# the original notebook's last checkpoint, after 42 epochs (COURSE.md)
-ORIGINAL_NOTEBOOK_LAST = 0.923
 # one-cycle recipes: the reference is the last epoch
 FIXED_LENGTH = ("original-fast.pt", "improved.pt")
-# issue 4: final-epoch test accuracy, no TTA
-TARGETS = {"original-fast.pt": 0.930, "improved.pt": 0.945}
 
 
 def test_every_network_has_its_references():
@@ -55,7 +51,6 @@ def test_reference_reproduces_its_recorded_test_accuracy(path, reports):
     assert report["params"] == helpers.count_parameters(helpers.build_model(report["model"]))
     assert abs(report["test_accuracy"] - recorded["test_accuracy"]) <= 0.001  # 0.1 points
     assert report["test_loss"] == pytest.approx(recorded["test_loss"], abs=1e-3)
-    assert report["test_accuracy"] > ORIGINAL_NOTEBOOK_LAST
     assert helpers.course_checkpoint(path.stem) in (path, helpers.CHECKPOINTS / path.name)
 
 
@@ -72,7 +67,11 @@ def test_fixed_length_references_are_the_last_epoch_of_their_recipe(name):
     assert payload["epoch"] == payload["settings"]["epochs"]
 
 
-@pytest.mark.parametrize("name", TARGETS)
-def test_fast_recipes_meet_their_accuracy_targets(name, reports):
-    """Measured by the evaluate command above, on all 10,000 test images, without flip TTA."""
-    assert reports(helpers.REFERENCE / name)["test_accuracy"] >= TARGETS[name]
+def test_the_best_reference_is_the_checkpoint_validation_chose():
+    """The test set decides nothing (README, "How the course compares things"): of stage 6's two
+    checkpoints, the best is the one with the higher validation accuracy, from an earlier epoch."""
+    best = helpers.read_checkpoint(helpers.REFERENCE / "original.pt")
+    last = helpers.read_checkpoint(helpers.REFERENCE / "original-last.pt")
+    assert best["metrics"]["valid_accuracy"] >= last["metrics"]["valid_accuracy"]
+    assert best["epoch"] <= last["epoch"]
+    assert best["settings"] == last["settings"]  # one run
