@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import statistics
 import time
 from dataclasses import replace
+from unittest.mock import patch
 
 import torch
 
@@ -137,6 +139,31 @@ def original_epoch_seconds(train_set, valid_set, device, images: int = 8192) -> 
     helpers.evaluate(model, valid_loader, torch.nn.CrossEntropyLoss(), device)
     valid_seconds = (time.perf_counter() - start) * len(valid_set) / len(valid_loader.dataset)
     return train_seconds + valid_seconds
+
+
+def run_minutes(recipe: Recipe, train_set, valid_set, device, share: float = 0.125) -> float:
+    """Minutes a recipe's whole run takes on this machine: one epoch of its own loaders,
+    network, optimizer, schedule and precision (engine.run_epochs) on a share of the training
+    and validation images, timed after an untimed warm-up, scaled to the full sets and epochs."""
+    one_epoch = replace(recipe, epochs=1)
+
+    def epoch_seconds(images: int) -> float:
+        train = helpers.first(train_set, images)
+        valid = helpers.first(valid_set, round(images * len(valid_set) / len(train_set)))
+        train_loader = make_train_loader(one_epoch, train, helpers.seed_everything(recipe.seed),
+                                         device)
+        valid_loader = make_eval_loader(one_epoch, valid, device)
+        model, optimizer, schedule, loss_fn = make_training(one_epoch, device, len(train_loader))
+        start = time.perf_counter()  # the loaders and the network are ready: a run's set-up
+        run_epochs(model, train_loader, valid_loader, one_epoch, optimizer, schedule, loss_fn,
+                   device, log=lambda _: None)
+        return time.perf_counter() - start
+
+    images = round(len(train_set) * share)
+    with patch.dict(os.environ, TQDM_DISABLE="1"):  # no progress bars to draw, or to time
+        epoch_seconds(4 * recipe.batch_size)  # pays for start-up: threads, cuDNN's choice, caches
+        seconds = epoch_seconds(images)
+    return seconds * len(train_set) / images * recipe.epochs / 60
 
 
 def sprint_run(recipe: Recipe, device, root=helpers.DATA_ROOT,

@@ -108,3 +108,31 @@ def test_the_ladder_study_reads_the_test_set_after_training_and_resumes(tmp_path
     assert lines.startswith(written) and len(lines.splitlines()) == 4
     assert study.ladder(tmp_path, rungs=rungs, seeds=(0, 1)) == both  # nothing left to run
     assert [reads for _, reads in tests_read] == [1, 1, 1, 1]  # once a run, after training
+
+
+# ---- notebook 10's clock: every rung timed alike on one machine --------------------------------
+
+def test_run_minutes_times_one_epoch_of_the_rung_itself_on_a_share_and_scales_it(
+        small_sets, cpu, monkeypatch):
+    """The timed epoch runs the rung's own settings on its share of both sets (a warm-up first),
+    and its seconds scale to the whole training set and every epoch of the rung."""
+    from machinery import bench
+    train, valid, _ = small_sets
+    rung = dataclasses.replace(ladder_recipes(smoke=True)[3], epochs=7, batch_size=32)
+    seen = []
+
+    def spy(model, train_loader, valid_loader, recipe, *args, **kwargs):
+        seen.append((recipe, len(train_loader.dataset), len(valid_loader.dataset),
+                     type(model).__name__))
+        return None
+
+    clock = iter([0.0, 1.0, 10.0, 12.5])  # the warm-up takes 1 s, the timed epoch 2.5 s
+    monkeypatch.setattr(bench, "run_epochs", spy)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    minutes = bench.run_minutes(rung, train, valid, cpu, share=0.25)
+    share = round(len(train) * 0.25)
+    assert minutes == 2.5 * len(train) / share * 7 / 60
+    assert [images for _, images, _, _ in seen] == [4 * 32, share]
+    assert seen[1][2] == round(share * len(valid) / len(train))
+    assert seen[1][0] == dataclasses.replace(rung, epochs=1)
+    assert seen[1][3] == "ImprovedCNN"
