@@ -377,6 +377,16 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu",
     return model, {k: v for k, v in payload.items() if k not in ("state_dict", "training_state")}
 
 
+# ---- Stage 10 -- Telling an effect from seed-to-seed noise ---------------------------------------
+# Notebook 10 writes compare_seeds as it is here, without the type hints.
+
+def compare_seeds(runs: list[float], baseline: list[float]) -> tuple[float, float]:
+    """Mean of `runs` minus mean of `baseline` (one figure per seed each), and the larger of their
+    two seed-to-seed spreads (max - min): a difference within the spread is noise."""
+    spread = max(max(runs) - min(runs), max(baseline) - min(baseline))
+    return sum(runs) / len(runs) - sum(baseline) / len(baseline), spread
+
+
 if __name__ == "__main__":  # python helpers.py train | evaluate | bench: see machinery/cli.py
     from machinery.cli import main
     raise SystemExit(main())

@@ -326,7 +326,8 @@ def test_sync_leaves_a_stamped_notebook_as_committed(path, tmp_path):
 # what a notebook writes out in full and helpers.py holds too, for the later stages to call
 TAUGHT = {"06_train.ipynb": ("train_one_epoch", "evaluate", "EarlyStopping", "fit"),
           "07_predict.ipynb": ("feature_maps", "occlusion_map"),
-          "08_evaluate.ipynb": ("sign_test",)}
+          "08_evaluate.ipynb": ("sign_test",),
+          "10_improvements.ipynb": ("compare_seeds",)}
 
 
 def definitions(code: str, names: tuple[str, ...]) -> dict[str, str]:
