@@ -136,3 +136,17 @@ def test_run_minutes_times_one_epoch_of_the_rung_itself_on_a_share_and_scales_it
     assert seen[1][2] == round(share * len(valid) / len(train))
     assert seen[1][0] == dataclasses.replace(rung, epochs=1)
     assert seen[1][3] == "ImprovedCNN"
+
+
+def test_the_ladder_command_runs_the_rungs_and_seeds_asked_for(monkeypatch, tmp_path, capsys):
+    """`ladder --rungs 0 5 --seeds 1 2`: the first and last rungs' missing seeds first."""
+    from machinery.tools import cli, study
+    calls = []
+    monkeypatch.setattr(study, "ladder", lambda *args: calls.append(args) or [])
+    assert cli.main(["ladder", "--out", str(tmp_path), "--rungs", "0", "5", "--seeds", "1", "2",
+                     "--workers", "2", "--smoke"]) == 0
+    out, workers, minutes, smoke, rungs, seeds = calls.pop()
+    assert (out, workers, minutes, smoke, seeds) == (tmp_path, 2, None, True, (1, 2))
+    assert rungs == [ladder_recipes(smoke=False)[0], ladder_recipes(smoke=False)[5]]
+    assert cli.main(["ladder", "--out", str(tmp_path)]) == 0
+    assert calls.pop()[3:] == (False, ladder_recipes(smoke=False), (0, 1, 2))

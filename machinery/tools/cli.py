@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..cli import OneLineParser
+from ..recipes import LADDER
 
 
 class ToolsParser(OneLineParser):
@@ -106,8 +107,10 @@ def run_study(args) -> int:
 
 
 def run_ladder(args) -> int:
+    from ..recipes import ladder_recipes
     from .study import ladder
-    for run in ladder(args.out, args.workers, args.minutes, args.smoke):
+    rungs = [ladder_recipes(smoke=False)[i] for i in args.rungs]
+    for run in ladder(args.out, args.workers, args.minutes, args.smoke, rungs, tuple(args.seeds)):
         print(json.dumps({k: v for k, v in run.items() if k != "valid_accuracy_by_epoch"}))
     return 0
 
@@ -185,6 +188,12 @@ def make_parser() -> argparse.ArgumentParser:
                                  "appended to OUT/ladder.jsonl with each network; resumes")
     study_options(ladder, "checkpoints/ladder",
                   "ladder.jsonl and the networks go here (runs it holds are not run again)")
+    rungs = range(len(LADDER))
+    ladder.add_argument("--rungs", type=int, nargs="+", choices=rungs, default=list(rungs),
+                        metavar="I", help="only these rungs (0 to 5; default: all), e.g. the "
+                        "first and last first")
+    ladder.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S",
+                        help="the seeds to run (default: 0 1 2)")
     ladder.set_defaults(run=run_ladder)
     mutate = commands.add_parser("mutate",
                                  help="put named one-line bugs into a copy of the course, one at a "
