@@ -129,14 +129,11 @@ def study(out: Path, workers: int = 1, minutes: float | None = None,
     (out / "runs.jsonl").write_text("")  # this study's runs only
     jobs = [(name, seed) for name in CANDIDATES for seed in SEEDS]
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    command = "python -m machinery.tools study" + (" --smoke" if smoke else "")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         futures = [pool.submit(run_one, CANDIDATES[name], seed, out, deadline, smoke)
                    for name, seed in jobs]
-        records = []
-        for future in futures:
-            records.append(future.result())
-            with open(out / "runs.jsonl", "a") as log:
-                log.write(json.dumps(records[-1]) + "\n")
+        records = [append(out / "runs.jsonl", future.result(), command) for future in futures]
     return conclude(records, out, smoke)
 
 
