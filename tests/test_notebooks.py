@@ -98,7 +98,10 @@ def test_lint_catches_what_it_should(tmp_path):
     broken.parent.mkdir()
     shutil.copy(NOTEBOOKS[0], broken)
     text = broken.read_text().replace('"execution_count": 2', '"execution_count": 7', 1)
-    broken.write_text(text.replace("{machine()}", "{machine() + '/home/me/x'}"))
+    nb = json.loads(text.replace("{machine()}", "{machine() + '/home/me/x'}"))
+    prose = next(cell for cell in nb["cells"][2:] if cell["cell_type"] == "markdown")
+    prose["source"].append("\n" + "a widened line " * 7)  # 105 characters
+    broken.write_text(json.dumps(nb))
     original_root = course_notebooks.REPO_ROOT
     try:
         course_notebooks.REPO_ROOT = tmp_path
@@ -108,6 +111,7 @@ def test_lint_catches_what_it_should(tmp_path):
     assert any("name" in p for p in problems)
     assert any("execution counts" in p for p in problems)
     assert any("absolute local path" in p for p in problems)
+    assert any("1 line(s) over 100 characters" in p for p in problems)
 
 
 def run_setup_cell(cwd: Path, repository: str = "file:///nonexistent", version: str = "v-test",

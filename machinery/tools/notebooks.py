@@ -197,6 +197,10 @@ def lint(path: Path) -> list[str]:
     if counts != list(range(1, len(code) + 1)):
         problems.append(f"execution counts are not 1..{len(code)} in order: re-run top to bottom")
     for i, cell in enumerate(cells):
+        long = [line for line in source(cell).splitlines()
+                if len(line) > 100 and "colab-badge" not in line and not line.startswith("|")]
+        if long:
+            problems.append(f"cell {i}: {len(long)} line(s) over 100 characters")
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 problems.append(f"cell {i} holds an error output")
