@@ -64,23 +64,16 @@ def course_checkpoint(name: str = "original", keep_on_drive: bool = False, log=p
     return REFERENCE / f"{name}.pt"
 
 
-def runtime_note(device: torch.device, *references: Path) -> str:
-    """One paragraph on where training runs: the GPU's name, or what the reference runs of the
-    same recipes cost."""
+def runtime_note(device: torch.device, reference: Path = REFERENCE / "original.pt") -> str:
+    """One paragraph on where training runs: the GPU's name, or what the course's reference run
+    of the same recipe cost."""
     if device.type == "cuda":
         return f"training on the GPU: {torch.cuda.get_device_name(device)}"
-    made = [read_checkpoint(path).get("reference", {})
-            for path in references or (REFERENCE / "original.pt",)]
-    machines = {run.get("machine") for run in made}
-    if all("training_minutes" in run for run in made) and len(machines) == 1:
-        # whole minutes that add up as printed
-        minutes = [round(run["training_minutes"]) for run in made]
-        cost = (f"the course's reference run of this recipe took {minutes[0]} min"
-                if len(made) == 1 else
-                f"the course's reference runs of the {len(made)} trainings here took "
-                f"{' + '.join(map(str, minutes))} = {sum(minutes)} min")
-        cost += f" on {machines.pop()}"
-    else:  # no recorded time, or times from different machines: nothing to add up
+    made = read_checkpoint(reference).get("reference", {})
+    if "training_minutes" in made:
+        cost = (f"the course's reference run of this recipe took "
+                f"{round(made['training_minutes'])} min on {made.get('machine')}")
+    else:  # no recorded time
         cost = "a full run takes about an hour on a CPU"
     if in_colab():
         return (f"This Colab runtime has no GPU: {cost}. For a few minutes instead: {T4_HOWTO}. "

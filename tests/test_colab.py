@@ -131,16 +131,6 @@ def test_a_runtime_without_a_gpu_is_told_the_cost_and_how_to_switch(monkeypatch)
             and f"{minutes:.0f} min" in in_colab)
 
 
-def test_a_notebook_that_trains_several_recipes_is_told_their_summed_cost():
-    paths = [helpers.REFERENCE / name
-             for name in ("original-fast.pt", "original-fast.pt", "improved.pt")]
-    minutes = [round(helpers.read_checkpoint(path)["reference"]["training_minutes"])
-               for path in paths]
-    note = colab.runtime_note(torch.device("cpu"), *paths)
-    assert (f"runs of the 3 trainings here took {minutes[0]} + {minutes[1]} + {minutes[2]} "
-            f"= {sum(minutes)} min on CPU" in note)
-
-
 STAND_IN_DRIVE = '''\
 """Stand-in for google.colab.drive: My Drive appears at the mount point only once mounted."""
 import os

@@ -6,13 +6,14 @@ import subprocess
 import sys
 
 import pytest
-from dataclasses import replace
 
 import helpers
+from machinery.recipes import ladder_recipes
 
 REFERENCES = sorted(helpers.REFERENCE.glob("*.pt"))
 # one-cycle recipes: the reference is the last epoch
 FIXED_LENGTH = ("original-fast.pt", "improved.pt")
+LADDER_RECORD = helpers.REFERENCE / "ladder.jsonl"  # notebook 10 reads it
 
 
 def test_every_network_has_its_references():
@@ -54,17 +55,23 @@ def test_reference_reproduces_its_recorded_test_accuracy(path, reports):
     assert helpers.course_checkpoint(path.stem) in (path, helpers.CHECKPOINTS / path.name)
 
 
-@pytest.mark.parametrize("name", FIXED_LENGTH)
-def test_fixed_length_references_are_the_last_epoch_of_their_recipe(name):
-    """Their figures are final-epoch ones of the recipe as RECIPES holds it, not a best epoch."""
+def ladder_record() -> list[dict]:
+    return [json.loads(line) for line in LADDER_RECORD.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name, rung", [("original-fast.pt", 0), ("improved.pt", -1)])
+def test_the_fixed_length_references_are_the_ladders_seed_0_networks(name, rung):
+    """original-fast.pt and improved.pt are rungs 0 and 5 of the ladder with seed 0, trained on
+    the 50,000 training images (no final fit): their last epoch, as RECIPES holds the recipe."""
     payload = helpers.read_checkpoint(helpers.REFERENCE / name)
     recipe = name.removesuffix(".pt")
-    # a final fit: the recipe chosen on validation, then trained on all 60,000 training images
-    # recorded before recipes had names: 'unnamed'
-    saved = helpers.Recipe.from_dict(payload["settings"])
-    assert replace(saved, name=recipe) == helpers.course_recipe(smoke=False, name=recipe,
-                                                                  final_fit=True)
+    assert helpers.Recipe.from_dict(payload["settings"]) == helpers.course_recipe(smoke=False,
+                                                                               name=recipe)
     assert payload["epoch"] == payload["settings"]["epochs"]
+    line = next(run for run in ladder_record()
+                if run["candidate"] == ladder_recipes(smoke=False)[rung].name and not run["seed"])
+    assert payload["metrics"]["valid_accuracy"] == pytest.approx(line["valid_accuracy"], abs=1e-4)
+    assert payload["reference"]["test_accuracy"] == pytest.approx(line["test_accuracy"], abs=1e-4)
 
 
 def test_the_best_reference_is_the_checkpoint_validation_chose():
