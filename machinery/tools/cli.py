@@ -109,7 +109,8 @@ def run_study(args) -> int:
 def run_ladder(args) -> int:
     from ..recipes import ladder_recipes
     from .study import ladder
-    rungs = [ladder_recipes(smoke=False)[i] for i in args.rungs]
+    every_rung = ladder_recipes(smoke=False)
+    rungs = [every_rung[i] for i in args.rungs]
     for run in ladder(args.out, args.workers, args.minutes, args.smoke, rungs, tuple(args.seeds)):
         print(json.dumps({k: v for k, v in run.items() if k != "valid_accuracy_by_epoch"}))
     return 0
