@@ -82,3 +82,21 @@ def test_the_best_reference_is_the_checkpoint_validation_chose():
     assert best["metrics"]["valid_accuracy"] >= last["metrics"]["valid_accuracy"]
     assert best["epoch"] <= last["epoch"]
     assert best["settings"] == last["settings"]  # one run
+
+
+def test_the_ladder_record_holds_whole_runs_and_seed_0_of_every_rung():
+    """Notebook 10's table: seed 0 of every rung of LADDER, each run once and whole (validation
+    every epoch, the last epoch's figures, the test read once). Three seeds of the first and last
+    rungs are to follow (README, the ladder)."""
+    rungs = {rung.name: rung for rung in ladder_recipes(smoke=False)}
+    runs = ladder_record()
+    held = [(run["candidate"], run["seed"]) for run in runs]
+    assert len(set(held)) == len(held) and {name for name, _ in held} <= set(rungs)
+    assert {(name, 0) for name in rungs} <= set(held)
+    for run in runs:
+        by_epoch = run["valid_accuracy_by_epoch"]
+        assert run["epochs"] == len(by_epoch) == rungs[run["candidate"]].epochs, run
+        assert run["valid_accuracy"] == by_epoch[-1] and 0.85 < by_epoch[-1] < 1, run
+        assert run["best_valid_accuracy"] == max(by_epoch) == by_epoch[run["best_epoch"] - 1]
+        assert 0.85 < run["test_accuracy"] < 1 and run["seconds"] > 0, run
+        assert run["command"] == "python -m machinery.tools ladder" and run["machine"], run
