@@ -68,8 +68,8 @@ def test_the_fixed_length_references_are_the_ladders_seed_0_networks(name, rung)
     assert helpers.Recipe.from_dict(payload["settings"]) == helpers.course_recipe(smoke=False,
                                                                                name=recipe)
     assert payload["epoch"] == payload["settings"]["epochs"]
-    line = next(run for run in ladder_record()
-                if run["candidate"] == ladder_recipes(smoke=False)[rung].name and not run["seed"])
+    rung_name = ladder_recipes(smoke=False)[rung].name
+    line = next(run for run in ladder_record() if run["candidate"] == rung_name and not run["seed"])
     assert payload["metrics"]["valid_accuracy"] == pytest.approx(line["valid_accuracy"], abs=1e-4)
     assert payload["reference"]["test_accuracy"] == pytest.approx(line["test_accuracy"], abs=1e-4)
 
