@@ -108,7 +108,7 @@ def test_evaluate_command_uses_flip_tta_as_the_checkpoints_recipe_did(small_sets
 
 
 def first_epoch_at_93_in_notebook_6() -> int:
-    """The first epoch of notebook 6's stored 50-epoch run with 93.0% validation accuracy."""
+    """The first epoch of notebook 6's stored full run with 93.0% validation accuracy."""
     cells = json.loads(NOTEBOOK_6.read_text())["cells"]
     text = "".join("".join(out.get("text", "")) for cell in cells
                    for out in cell.get("outputs", []))
