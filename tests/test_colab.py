@@ -191,10 +191,15 @@ def course_on_github(tmp_path: Path) -> Path:
     return origin
 
 
-def open_in_colab(stem: str, runtime: Path, github: Path) -> Path:
+def open_in_colab(stem: str, runtime: Path, github: Path, until: str | None = None) -> Path:
     """A notebook opened from GitHub in a fresh runtime, its KEEP_ON_DRIVE switched to True, as
-    published at the stand-in GitHub's tag v-test."""
+    published at the stand-in GitHub's tag v-test; with `until`, only its cells up to the last
+    one whose code holds that text (the cells after it are nbval's to run)."""
     notebook = json.loads((helpers.REPO_ROOT / "notebooks" / f"{stem}.ipynb").read_text())
+    if until:
+        last = max(i for i, cell in enumerate(notebook["cells"])
+                   if cell["cell_type"] == "code" and until in "".join(cell["source"]))
+        notebook["cells"] = notebook["cells"][:last + 1]
     notebook["cells"][1]["source"] = course_notebooks.setup_cell(github.as_uri(), "v-test")
     switch = "KEEP_ON_DRIVE = False"
     cells = [cell for cell in notebook["cells"] if switch in "".join(cell["source"])]
@@ -219,7 +224,9 @@ def test_a_colab_student_keeps_stage_6_on_drive_and_stages_7_to_9_use_it(tmp_pat
     for stem in ("06_train", "07_predict", "08_evaluate", "09_save_load"):
         runtime = tmp_path / f"runtime-{stem}" / "content"  # each notebook: a fresh /content
         env["FMNIST_DRIVE"] = str(runtime / "drive")
-        opened = open_in_colab(stem, runtime, github)
+        # stage 6 whole (it trains and keeps its checkpoints); 7-9 up to their last checkpoint
+        opened = open_in_colab(stem, runtime, github,
+                               until=None if stem == "06_train" else "course_checkpoint(")
         run = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook",
                               "--execute", "--inplace", str(opened)],
                              cwd=runtime, env=env, capture_output=True, text=True, timeout=600)
