@@ -109,8 +109,8 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--smoke", action="store_true",
                        help="a few thousand images, 2 epochs (as FMNIST_SMOKE=1)")
     train.add_argument("--final-fit", action="store_true",
-                       help="train on all 60,000 images, the validation ones too: the last "
-                       "step once a recipe is chosen (how the reference checkpoints are made)")
+                       help="train on all 60,000 images, the validation ones too: only for a "
+                       "recipe already chosen on validation (nothing is held out to check it)")
     train.add_argument("--resume", metavar="LAST_CHECKPOINT",
                        help="carry on an interrupted run from its last checkpoint (NAME-last.pt)")
     train.add_argument("--runs", default=str(RUNS_ROOT),

@@ -152,7 +152,8 @@ def make_parser() -> argparse.ArgumentParser:
                          help="the course's repository, "
                          "e.g. https://github.com/OWNER/fashion-mnist-cnn.git")
     publish.add_argument("version",
-                         help="the tag (or commit) the notebooks fetch in Colab, e.g. v1.0")
+                         help="the tag the notebooks fetch in Colab, e.g. v1.0 "
+                         "(not a branch or a commit)")
     publish.set_defaults(run=run_publish)
     archive = commands.add_parser("archive",
                                   help="the committed course as one zip, for a class without a "
