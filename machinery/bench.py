@@ -186,7 +186,7 @@ def sprint_run(recipe: Recipe, device, root=helpers.DATA_ROOT,
     result = {"seed": recipe.seed, "epochs": history.epochs,
               "valid_accuracy": round(history.valid_accuracy[-1], 4)}
     if test:
-        _, accuracy = helpers.evaluate(evaluated(model, recipe), test_loader,
+        _, accuracy = helpers.evaluate(evaluated(model, recipe, device), test_loader,
                                        torch.nn.CrossEntropyLoss(), device)
         result["test_accuracy"] = round(accuracy, 4)
     result["seconds"] = round(time.perf_counter() - start, 1)

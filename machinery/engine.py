@@ -71,14 +71,15 @@ def make_schedule(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_ep
 
 
 class MixedPrecision(nn.Module):
-    """The network's forward pass under autocast (bf16 or fp16 on a GPU), logits back in fp32.
+    """The network's forward pass under autocast (bf16 or fp16 on a GPU, bf16 on a CPU with AMX
+    where the recipe asks), logits back in fp32.
 
     With fp16's gradient scaler, the gradient flowing back from the logits is multiplied by the
     scale: the same as scaler.scale(loss).backward(), since backward is linear.
     """
 
     def __init__(self, model: nn.Module, precision: torch.dtype | None,
-                 scaler: torch.amp.GradScaler) -> None:
+                 scaler: torch.amp.GradScaler | None = None) -> None:
         super().__init__()
         self.model, self.precision, self.scaler = model, precision, scaler
 
@@ -86,7 +87,7 @@ class MixedPrecision(nn.Module):
         mixed = self.precision is not None
         with torch.autocast(x.device.type, dtype=self.precision, enabled=mixed):
             logits = self.model(x).float()
-        if self.scaler.is_enabled() and logits.requires_grad:
+        if self.scaler is not None and self.scaler.is_enabled() and logits.requires_grad:
             logits.register_hook(self.scaler.scale)
         return logits
 
@@ -117,8 +118,17 @@ class FlipTTA(nn.Module):
         return (self.model(x) + self.model(x.flip(3))) / 2
 
 
-def evaluated(model: nn.Module, recipe: Recipe) -> nn.Module:
-    """The network as the recipe evaluates it: with flip test-time augmentation if it asks."""
+def training_precision(recipe: Recipe, device: torch.device) -> torch.dtype | None:
+    """The recipe's autocast type on this device: the fast path's mixed precision, else none."""
+    return mixed_precision(device, recipe.cpu_bf16) if recipe.fast else None
+
+
+def evaluated(model: nn.Module, recipe: Recipe, device: torch.device) -> nn.Module:
+    """The network as the recipe evaluates it: in its training precision, and with flip
+    test-time augmentation if it asks."""
+    precision = training_precision(recipe, device)
+    if precision is not None:
+        model = MixedPrecision(model, precision)
     return FlipTTA(model) if recipe.flip_tta else model
 
 
@@ -150,7 +160,7 @@ def run_epochs(model: nn.Module, train_loader, valid_loader, recipe: Recipe,
                log=print) -> History:
     """helpers.fit's loop for a recipe, with resume, mixed precision, one-cycle, a clean Ctrl-C,
     a last checkpoint after every epoch, and TensorBoard's panels (machinery/tensorboard_panels)."""
-    precision = mixed_precision(device) if recipe.fast else None  # bf16 or fp16 on a GPU
+    precision = training_precision(recipe, device)  # bf16 or fp16 on a GPU; bf16 on AMX if asked
     trained, stepper = with_precision(model, optimizer, device, precision)
     scaler = stepper.scaler if isinstance(stepper, ScaledOptimizer) else None  # saved for resume
     history = History()
@@ -171,8 +181,8 @@ def run_epochs(model: nn.Module, train_loader, valid_loader, recipe: Recipe,
         try:
             lr, start = current_lr(optimizer), time.perf_counter()
             train_loss = helpers.train_one_epoch(trained, train_loader, loss_fn, stepper, device)
-            valid_loss, valid_accuracy = helpers.evaluate(evaluated(model, recipe), valid_loader,
-                                                          loss_fn, device)
+            valid_loss, valid_accuracy = helpers.evaluate(evaluated(model, recipe, device),
+                                                          valid_loader, loss_fn, device)
         except KeyboardInterrupt:  # Ctrl-C, or Colab's stop button
             history.interrupted = True
             log(interrupted_note(epoch, last_path))

@@ -119,14 +119,21 @@ class DeviceLoader:
             yield images, self.labels[index]
 
 
-def mixed_precision(device: torch.device) -> torch.dtype | None:
-    """The autocast type for this device: bf16 on Ampere and newer, fp16 on older GPUs, none on CPU.
+def has_amx() -> bool:
+    """Whether this CPU has AMX, the bf16 matrix units of Intel Xeons since Sapphire Rapids."""
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def mixed_precision(device: torch.device, cpu_bf16: bool = False) -> torch.dtype | None:
+    """The autocast type for this device: bf16 on Ampere and newer, fp16 on older GPUs; on a CPU
+    bf16 if asked (cpu_bf16) and its AMX units do it, else none.
 
     Decided by compute capability: a T4 (7.5) reports is_bf16_supported() as True, but only
-    emulates bf16, slowly; its tensor cores do fp16.
+    emulates bf16, slowly; its tensor cores do fp16. On a CPU, bf16 only where notebook 11
+    measured it to pay: AMX units.
     """
     if device.type != "cuda":
-        return None
+        return torch.bfloat16 if cpu_bf16 and device.type == "cpu" and has_amx() else None
     major, _ = torch.cuda.get_device_capability(device)
     return torch.bfloat16 if major >= 8 else torch.float16
 

@@ -39,6 +39,8 @@ class Recipe:
     shift: int = 2                  # augment: shift by up to this many pixels (0: mirror only)
     erase: float = 0.0              # augment: erase a random box in this share of the images
     flip_tta: bool = False          # evaluate each image and its mirror (engine.FlipTTA)
+    cpu_bf16: bool = False          # fast path on a CPU with AMX units: train and evaluate in
+                                    # bf16 (fast_path.mixed_precision)
     label_smoothing: float = 0.0    # CrossEntropyLoss(label_smoothing=...): softer targets
     compile: bool = False           # torch.compile the network (CUDA graphs on a GPU):
                                     # fast_path.compile_model
@@ -73,6 +75,9 @@ class Recipe:
             raise ValueError(f"erase is a share of the images, 0 to 1, got {self.erase!r}")
         if self.erase and not self.augment:
             raise ValueError("erase needs augment=True: random erasing is an augmentation")
+        if self.cpu_bf16 and not self.fast:
+            raise ValueError("cpu_bf16=True needs the fast path (fast=True): mixed precision is "
+                             "the fast path's")
         if self.augment and not self.fast:
             raise ValueError("augment=True needs the fast path (fast=True): "
                              "augmentation runs on the device")
@@ -104,7 +109,7 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     # 3-seed mean validation accuracy reached 93.5% (README, "The sprint")
     Recipe("sprint", network="sprint", fast=True, batch_size=128, epochs=5, lr=3e-3,
            optimizer="adamw", weight_decay=5e-4, schedule="onecycle", augment=True, shift=0,
-           label_smoothing=0.1, flip_tta=True),
+           label_smoothing=0.1, flip_tta=True, cpu_bf16=True),
     # the most accurate with at most 300K parameters: the improved recipe 2.5 times as long, with
     # random erasing and flip TTA, chosen on validation by `python -m machinery.tools study`
     # (README, "The accuracy recipe")

@@ -73,12 +73,12 @@ def train(recipe: Recipe, device: torch.device, *, data: Path | str, runs: Path 
     report = {"recipe": recipe.name, "model": recipe.network, "epochs": history.epochs,
               "minutes": minutes, "stopped_early": history.stopped_early,
               "test_images": len(test_set), "train_images": len(train_set),
-              "last": (*helpers.evaluate(engine.evaluated(model, recipe), test_loader, loss_fn,
-                                         device), str(last_path))}
+              "last": (*helpers.evaluate(engine.evaluated(model, recipe, device), test_loader,
+                                         loss_fn, device), str(last_path))}
     if best_path is not None:
         best_model, _ = helpers.load_checkpoint(best_path, device)
-        report["best"] = (*helpers.evaluate(engine.evaluated(best_model, recipe), test_loader,
-                                            loss_fn, device), str(best_path))
+        report["best"] = (*helpers.evaluate(engine.evaluated(best_model, recipe, device),
+                                            test_loader, loss_fn, device), str(best_path))
         report["best_epoch"] = history.best_epoch
     return report
 

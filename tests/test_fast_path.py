@@ -83,8 +83,13 @@ def test_the_runner_trains_on_the_fast_path(small_sets, small_recipe, cpu, tmp_p
             is not None)
 
 
-def test_mixed_precision_is_chosen_by_the_hardware():
+@pytest.mark.parametrize("amx", [True, False], ids=["amx", "no-amx"])
+def test_mixed_precision_is_chosen_by_the_hardware(amx, monkeypatch):
+    monkeypatch.setattr(fast_path, "has_amx", lambda: amx)
     assert fast_path.mixed_precision(torch.device("cpu")) is None
+    # bf16 on a CPU only where asked and where AMX units do the arithmetic
+    assert fast_path.mixed_precision(torch.device("cpu"), cpu_bf16=True) == (
+        torch.bfloat16 if amx else None)
     if torch.cuda.is_available():
         major, _ = torch.cuda.get_device_capability()
         assert (fast_path.mixed_precision(torch.device("cuda"))

@@ -80,7 +80,8 @@ def test_fp16_scale_carries_over_between_epochs_and_into_the_last_checkpoint(
     model, optimizer, scheduler, loss_fn = engine.make_training(recipe, cpu, steps_per_epoch=2)
     loader = DeviceLoader(helpers.first(train_set, 128), 64, shuffle=True,
                           generator=torch.Generator().manual_seed(0))
-    monkeypatch.setattr(engine, "mixed_precision", lambda device: torch.float16)  # a T4's choice
+    monkeypatch.setattr(engine, "mixed_precision",
+                        lambda device, cpu_bf16: torch.float16)  # a T4's choice
     engine.run_epochs(model, loader, DeviceLoader(helpers.first(valid_set, 64), 64), recipe,
                       optimizer, scheduler, loss_fn, cpu, last_path=tmp_path / "last.pt",
                       log=lambda line: None)

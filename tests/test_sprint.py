@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import helpers
-from machinery import bench, cli, engine, runs
+from machinery import bench, cli, engine, fast_path, runs
 from machinery.fast_path import DeviceLoader
 from machinery.networks import SprintCNN
 from machinery.recipes import RECIPES
@@ -33,6 +33,7 @@ def test_the_sprint_recipe_declares_what_the_notebook_says():
     assert type(helpers.build_model(recipe.network)) is SprintCNN
     assert recipe.fast and recipe.augment and recipe.flip_tta and recipe.schedule == "onecycle"
     assert recipe.shift == 0 and recipe.label_smoothing == 0.1 and recipe.epochs == 5
+    assert recipe.cpu_bf16
 
 
 def test_flip_tta_gives_the_same_logits_for_an_image_that_is_its_own_mirror():
@@ -90,6 +91,32 @@ def test_validation_and_test_figures_use_flip_tta_when_the_recipe_asks(flip_tta,
     assert len(seen) >= 3 and report["best"][2] == str(tmp_path / "sprint.pt")
     assert all(isinstance(model, engine.FlipTTA) == flip_tta for model in seen[-3:])
     assert isinstance(seen[0], engine.FlipTTA) == flip_tta
+
+
+@pytest.mark.parametrize("amx", [True, False], ids=["amx", "no-amx"])
+def test_cpu_bf16_trains_and_evaluates_in_bf16_only_where_the_cpu_has_amx(amx, small_sets, cpu,
+                                                                          monkeypatch, tmp_path):
+    monkeypatch.setattr(fast_path, "has_amx", lambda: amx)
+    trained, train_one_epoch = [], helpers.train_one_epoch
+    def recording(model, *args, **kwargs):
+        trained.append(model)
+        return train_one_epoch(model, *args, **kwargs)
+    monkeypatch.setattr(helpers, "train_one_epoch", recording)
+    seen = spy_on_evaluate(monkeypatch)
+    monkeypatch.setattr(engine, "recipe_datasets", lambda *_: small_sets)
+    recipe = replace(helpers.course_recipe(smoke=True, name="sprint"), epochs=1)
+    runs.train(recipe, cpu, data=tmp_path, runs=tmp_path / "runs", out=tmp_path / "sprint.pt",
+               log=lambda _: None)
+    # the training step, validation, and the last and best networks on the test set
+    networks = trained + [flipped.model for flipped in seen]
+    assert len(networks) >= 4
+    assert all(isinstance(net, engine.MixedPrecision) == amx for net in networks)
+    assert all(net.precision == torch.bfloat16 for net in networks if amx)
+
+
+def test_a_recipe_refuses_cpu_bf16_off_the_fast_path():
+    with pytest.raises(ValueError, match="cpu_bf16=True needs the fast path"):
+        replace(RECIPES["original"], cpu_bf16=True)
 
 
 def test_evaluate_command_uses_flip_tta_as_the_checkpoints_recipe_did(small_sets, cpu,

@@ -248,7 +248,7 @@ def test_the_loaders_are_built_for_the_device_asked(small_sets, cpu):
 def test_the_hardware_precision_reaches_the_training_step_on_the_fast_path_only(
         precision, fast, wiring, small_sets, small_recipe, tmp_path, cpu, monkeypatch):
     # a GPU's choice, forced: the CPU runs both types under autocast, slowly (two batches here)
-    monkeypatch.setattr(engine, "mixed_precision", lambda device: precision)
+    monkeypatch.setattr(engine, "mixed_precision", lambda device, cpu_bf16: precision)
     recipe = replace(small_recipe, name="precise", fast=fast, epochs=1, batch_size=32)
     model, _, _ = engine.train_run(recipe, *small_sets[:2], cpu, run_dir=tmp_path / "run",
                                    log=lambda line: None)
@@ -269,7 +269,8 @@ def test_the_hardware_precision_reaches_the_training_step_on_the_fast_path_only(
 
 def test_resume_restores_into_the_runs_own_objects(wiring, small_sets, small_recipe,
                                                    tmp_path, cpu, monkeypatch):
-    monkeypatch.setattr(engine, "mixed_precision", lambda device: torch.float16)  # a T4's
+    monkeypatch.setattr(engine, "mixed_precision",
+                        lambda device, cpu_bf16: torch.float16)  # a T4's
     # one-cycle: its schedule's length must match the resumed run's, which it does here
     recipe = replace(small_recipe, name="resumed", fast=True, schedule="onecycle", epochs=1,
                      batch_size=32)

@@ -90,8 +90,8 @@ def run_one(candidate: Recipe, seed: int, out: Path | None, deadline: float | No
                   seconds=round(time.time() - start, 1))
     if test:  # reported, never used to choose
         test_loader = engine.make_eval_loader(recipe, test_set, device)
-        _, accuracy = helpers.evaluate(engine.evaluated(model, recipe), test_loader, loss_fn,
-                                       device)
+        _, accuracy = helpers.evaluate(engine.evaluated(model, recipe, device), test_loader,
+                                       loss_fn, device)
         record["test_accuracy"] = round(accuracy, 4)
     if out is not None:
         path = engine.save(out / f"{name}-s{seed}.pt", model, recipe, history.epochs,
