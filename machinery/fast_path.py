@@ -129,8 +129,8 @@ def mixed_precision(device: torch.device, cpu_bf16: bool = False) -> torch.dtype
     bf16 if asked (cpu_bf16) and its AMX units do it, else none.
 
     Decided by compute capability: a T4 (7.5) reports is_bf16_supported() as True, but only
-    emulates bf16, slowly; its tensor cores do fp16. On a CPU, bf16 only where notebook 11
-    measured it to pay: AMX units.
+    emulates bf16, slowly; its tensor cores do fp16. On a CPU, bf16 only with AMX units, the one
+    kind of CPU where the course measured it (notebook 11: faster there).
     """
     if device.type != "cuda":
         return torch.bfloat16 if cpu_bf16 and device.type == "cpu" and has_amx() else None

@@ -91,10 +91,14 @@ def evaluate_checkpoints(paths: list[Path], device: torch.device, data: Path | s
     test_loader = DeviceLoader(test_set, 1000, device=device)
     for path, model, meta in models:
         model = model.to(memory_format=torch.channels_last)
-        flip_tta = (meta.get("settings") or {}).get("flip_tta", False)  # as its recipe evaluates
+        settings = meta.get("settings")
+        # as its recipe evaluates: flip TTA, and its training precision (the sprint: bf16 on AMX)
+        evaluated = (engine.evaluated(model, Recipe.from_dict(settings), device) if settings
+                     else model)
+        flip_tta = isinstance(evaluated, engine.FlipTTA)
         start = time.perf_counter()
-        test_loss, test_accuracy = helpers.evaluate(engine.FlipTTA(model) if flip_tta else model,
-                                                    test_loader, nn.CrossEntropyLoss(), device)
+        test_loss, test_accuracy = helpers.evaluate(evaluated, test_loader, nn.CrossEntropyLoss(),
+                                                    device)
         yield {"checkpoint": str(path), "model": meta["model"], "recipe": meta.get("recipe"),
                "params": helpers.count_parameters(model), "test_accuracy": test_accuracy,
                "test_loss": test_loss, "flip_tta": flip_tta,

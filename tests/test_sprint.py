@@ -128,9 +128,12 @@ def test_evaluate_command_uses_flip_tta_as_the_checkpoints_recipe_did(small_sets
         paths.append(engine.save(tmp_path / f"tta-{flip_tta}.pt", model, recipe, 1, {}))
     seen = spy_on_evaluate(monkeypatch)
     monkeypatch.setattr(helpers, "load_datasets", lambda *_, **__: small_sets)
+    monkeypatch.setattr(fast_path, "has_amx", lambda: True)  # the sprint's bf16, as it trained
     results = list(runs.evaluate_checkpoints(paths, cpu, helpers.DATA_ROOT))
     assert [r["flip_tta"] for r in results] == [True, False]
     assert [isinstance(m, engine.FlipTTA) for m in seen] == [True, False]
+    assert [type(m.model if r["flip_tta"] else m) for m, r in zip(seen, results)] == [
+        engine.MixedPrecision] * 2
     assert results[0]["test_loss"] != pytest.approx(results[1]["test_loss"], rel=1e-6)
 
 
@@ -168,6 +171,17 @@ def test_bench_sprint_flag_runs_the_sprint(monkeypatch):
     monkeypatch.setattr(bench, "print_bench", lambda **kwargs: calls.append("plain"))
     assert cli.main(["bench", "--sprint", "--json"]) == 0
     assert calls == [{"json_output": True}]
+
+
+@pytest.mark.parametrize("accuracy", [0.9297, 0.9315])
+def test_the_sprint_report_says_when_the_sprint_missed_93_percent(accuracy, monkeypatch, capsys):
+    report = {"median_seconds": 65.1, "runs": [{"test_accuracy": accuracy}],
+              "mean_test_accuracy": accuracy, "original_epochs_to_93": 11,
+              "original_epoch_seconds": 63.9, "original_seconds_to_93": 703, "ratio": 10.8,
+              "machine": "a CPU"}
+    monkeypatch.setattr(bench, "sprint_bench", lambda: report)
+    bench.print_sprint()
+    assert ("below 93%" in capsys.readouterr().out) == (accuracy < 0.93)
 
 
 def test_sprint_run_stops_at_validation_while_a_recipe_is_being_chosen(data_root, cpu):
