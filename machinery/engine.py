@@ -124,9 +124,10 @@ def training_precision(recipe: Recipe, device: torch.device) -> torch.dtype | No
 
 
 def evaluated(model: nn.Module, recipe: Recipe, device: torch.device) -> nn.Module:
-    """The network as the recipe evaluates it: in its training precision, and with flip
-    test-time augmentation if it asks."""
-    precision = training_precision(recipe, device)
+    """The network as the recipe evaluates it: with flip test-time augmentation if it asks, and
+    in bf16 where it trains in bf16 on a CPU (cpu_bf16); in fp32 everywhere else, GPUs included,
+    so a checkpoint's figures compare across GPUs."""
+    precision = training_precision(recipe, device) if device.type == "cpu" else None
     if precision is not None:
         model = MixedPrecision(model, precision)
     return FlipTTA(model) if recipe.flip_tta else model

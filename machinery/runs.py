@@ -83,18 +83,29 @@ def train(recipe: Recipe, device: torch.device, *, data: Path | str, runs: Path 
     return report
 
 
+def checkpoint_recipe(path: Path, meta: dict) -> Recipe | None:
+    """The recipe a checkpoint recorded (None if it recorded none), or a CheckpointError that
+    names the file."""
+    if not meta.get("settings"):
+        return None
+    try:
+        return Recipe.from_dict(meta["settings"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: its recorded recipe cannot be read ({error}); it was "
+                              f"saved by another version of the course") from error
+
+
 def evaluate_checkpoints(paths: list[Path], device: torch.device, data: Path | str):
     """Each checkpoint's figures on the full 10,000-image test set, one dict per checkpoint."""
     models = [(path, *helpers.load_checkpoint(path, device)) for path in paths]  # all readable?
+    recipes = [checkpoint_recipe(path, meta) for path, _, meta in models]
     _, _, test_set = helpers.load_datasets(course_recipe(smoke=False), root=data)
     # the fast path: the same images as a DataLoader's, kept on the device
     test_loader = DeviceLoader(test_set, 1000, device=device)
-    for path, model, meta in models:
+    for (path, model, meta), recipe in zip(models, recipes):
         model = model.to(memory_format=torch.channels_last)
-        settings = meta.get("settings")
-        # as its recipe evaluates: flip TTA, and its training precision (the sprint: bf16 on AMX)
-        evaluated = (engine.evaluated(model, Recipe.from_dict(settings), device) if settings
-                     else model)
+        # as its recipe evaluates: flip TTA, and bf16 for the sprint on an AMX CPU
+        evaluated = engine.evaluated(model, recipe, device) if recipe else model
         flip_tta = isinstance(evaluated, engine.FlipTTA)
         start = time.perf_counter()
         test_loss, test_accuracy = helpers.evaluate(evaluated, test_loader, nn.CrossEntropyLoss(),

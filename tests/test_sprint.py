@@ -11,6 +11,7 @@ import torch
 
 import helpers
 from machinery import bench, cli, engine, fast_path, runs
+from machinery.basics import CheckpointError
 from machinery.fast_path import DeviceLoader
 from machinery.networks import SprintCNN
 from machinery.recipes import RECIPES
@@ -112,6 +113,20 @@ def test_cpu_bf16_trains_and_evaluates_in_bf16_only_where_the_cpu_has_amx(amx, s
     assert len(networks) >= 4
     assert all(isinstance(net, engine.MixedPrecision) == amx for net in networks)
     assert all(net.precision == torch.bfloat16 for net in networks if amx)
+
+
+@pytest.mark.parametrize("name", ["sprint", "improved"])
+def test_a_gpu_evaluates_in_fp32_whatever_the_recipe_trains_in(name):
+    # so a checkpoint's figures compare across GPUs (no CUDA needed: only the device type is read)
+    evaluated = engine.evaluated(helpers.build_model(RECIPES[name].network), RECIPES[name],
+                                 torch.device("cuda"))
+    assert not isinstance(getattr(evaluated, "model", evaluated), engine.MixedPrecision)
+
+
+def test_a_checkpoint_whose_recipe_cannot_be_read_gets_an_error_naming_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match="old.pt: its recorded recipe cannot be read"):
+        runs.checkpoint_recipe(tmp_path / "old.pt", {"settings": {"name": "x", "warp": 9}})
+    assert runs.checkpoint_recipe(tmp_path / "old.pt", {"settings": None}) is None
 
 
 def test_a_recipe_refuses_cpu_bf16_off_the_fast_path():
