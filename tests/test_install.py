@@ -221,3 +221,11 @@ def test_make_venv_stamps_a_good_install_and_shows_only_pip_errors(tmp_path, pip
     before = calls.read_text()
     second = make_venv()
     assert second.returncode == 0 and calls.read_text() == before   # nothing re-installed
+
+
+def test_the_readme_wraps_its_prose_at_100_characters():
+    """The course's line limit, as the notebooks' lint applies it: table rows are exempt."""
+    lines = (helpers.REPO_ROOT / "README.md").read_text().splitlines()
+    long = [number for number, line in enumerate(lines, start=1)
+            if len(line) > 100 and not line.lstrip().startswith("|")]
+    assert not long, f"README lines over 100 characters: {long}"
