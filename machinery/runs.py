@@ -34,15 +34,27 @@ def choose_recipe(network: str | None = None, recipe: str | None = None, fast: b
     return chosen
 
 
+def checkpoint_recipe(path: Path, meta: dict) -> Recipe | None:
+    """The recipe a checkpoint recorded (None if it recorded none), or a CheckpointError that
+    names the file."""
+    if not meta.get("settings"):
+        return None
+    try:
+        return Recipe.from_dict(meta["settings"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: its recorded recipe cannot be read ({error}); it was "
+                              f"saved by another version of the course") from error
+
+
 def resumed_recipe(last_checkpoint: Path | str, **overrides) -> tuple[Recipe, dict]:
     """The recipe and training state of an interrupted run; only epochs and compile may change."""
     saved = read_checkpoint(last_checkpoint)
-    state = saved.get("training_state")
-    if state is None or not saved.get("settings"):
+    state, recipe = saved.get("training_state"), checkpoint_recipe(last_checkpoint, saved)
+    if state is None or recipe is None:
         raise CheckpointError(f"{last_checkpoint} is not the last checkpoint of a run: "
                               f"nothing to resume")
     allowed = {k: v for k, v in overrides.items() if k in ("epochs", "compile") and v}
-    return replace(Recipe.from_dict(saved["settings"]), **allowed), state
+    return replace(recipe, **allowed), state
 
 
 def train(recipe: Recipe, device: torch.device, *, data: Path | str, runs: Path | str = RUNS_ROOT,
@@ -81,18 +93,6 @@ def train(recipe: Recipe, device: torch.device, *, data: Path | str, runs: Path 
                                             test_loader, loss_fn, device), str(best_path))
         report["best_epoch"] = history.best_epoch
     return report
-
-
-def checkpoint_recipe(path: Path, meta: dict) -> Recipe | None:
-    """The recipe a checkpoint recorded (None if it recorded none), or a CheckpointError that
-    names the file."""
-    if not meta.get("settings"):
-        return None
-    try:
-        return Recipe.from_dict(meta["settings"])
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: its recorded recipe cannot be read ({error}); it was "
-                              f"saved by another version of the course") from error
 
 
 def evaluate_checkpoints(paths: list[Path], device: torch.device, data: Path | str):
