@@ -76,7 +76,7 @@ def runtime_note(device: torch.device, reference: Path = REFERENCE / "original.p
     else:  # no recorded time
         cost = "a full run takes about an hour on a CPU"
     if in_colab():
-        return (f"This Colab runtime has no GPU: {cost}. For a few minutes instead: {T4_HOWTO}. "
+        return (f"This Colab runtime has no GPU: {cost}. A GPU runtime trains faster: {T4_HOWTO}. "
                 "Or carry on here: the progress bar shows the time left in each epoch.")
     return (f"training on the CPU ({device}): {cost}; "
             "the progress bar shows the time left in each epoch.")
