@@ -59,11 +59,11 @@ class SprintCNN(nn.Module):
     """Stage 11's sprint network: five convolutions, only the first at full size, 269,498
     parameters.
 
-    On two CPU cores a small network's time goes with the size of its layers' outputs more than
-    with its multiply-adds (notebook 11 times three networks), so three of the five convolutions
-    are pooled at once, before BatchNorm and ReLU (airbench's order): those then touch a quarter
-    of the values. The one convolution at full size has 16 channels: with 32, a run took a
-    third longer and scored within the seeds' spread (README, "The sprint").
+    On two CPU cores the time of the three networks notebook 11 times follows the size of their
+    layers' outputs more than their multiply-adds (three networks, not a law), so three of the
+    five convolutions are pooled at once, before BatchNorm and ReLU (airbench's order): those then
+    touch a quarter of the values. The one convolution at full size has 16 channels: with 32, a
+    run took a third longer and scored within the seeds' spread (README, "The sprint").
     """
 
     def __init__(self) -> None:

@@ -105,8 +105,8 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     Recipe("improved", network="improved", fast=True, batch_size=256, epochs=24, lr=4e-3,
            optimizer="adamw", weight_decay=0.05, schedule="onecycle", augment=True,
            label_smoothing=0.1),
-    # as fast as two CPU cores allow (notebook 11): of the recipes tried, the quickest whose
-    # 3-seed mean validation accuracy reached 93.5% (README, "The sprint")
+    # a sprint on two CPU cores (notebook 11): of the recipes tried, the quickest whose 3-seed
+    # mean validation accuracy reached 93.5% (README, "The sprint")
     Recipe("sprint", network="sprint", fast=True, batch_size=128, epochs=5, lr=3e-3,
            optimizer="adamw", weight_decay=5e-4, schedule="onecycle", augment=True, shift=0,
            label_smoothing=0.1, flip_tta=True, cpu_bf16=True),
