@@ -12,6 +12,7 @@ and fast runs need, each as a small wrapper rather than a second copy of the loo
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -233,19 +234,21 @@ def save(path: Path | str, model: nn.Module, recipe: Recipe, epoch: int, metrics
 
 
 def train_run(recipe: Recipe, train_set: Dataset, valid_set: Dataset, device: torch.device, *,
-              run_dir: Path | str, best_path: Path | str | None = None,
+              run_dir: Path | str | None, best_path: Path | str | None = None,
               last_path: Path | str | None = None, resume: Path | str | None = None,
               log=print) -> tuple[nn.Module, History, float]:
-    """One seeded run of a recipe, logged to TensorBoard; returns the model, History, minutes."""
+    """One seeded run of a recipe, logged to TensorBoard in run_dir (None: a quick experiment,
+    not logged); returns the model, History, minutes."""
     from torch.utils.tensorboard import SummaryWriter
     generator = helpers.seed_everything(recipe.seed)
     train_loader = make_train_loader(recipe, train_set, generator, device)
     model, optimizer, schedule, loss_fn = make_training(recipe, device, len(train_loader))
+    logged = "no TensorBoard run" if run_dir is None else f"TensorBoard run {Path(run_dir).name}"
     log(f"recipe {recipe.name}: {recipe.network} ({helpers.count_parameters(model):,} parameters) "
         f"on {device}, {len(train_set):,} train / {len(valid_set):,} valid images, up to "
-        f"{recipe.epochs} epochs; TensorBoard run {Path(run_dir).name}")
+        f"{recipe.epochs} epochs; {logged}")
     start = time.perf_counter()
-    with SummaryWriter(run_dir) as writer:
+    with SummaryWriter(run_dir) if run_dir is not None else nullcontext() as writer:
         history = run_epochs(model, train_loader, make_eval_loader(recipe, valid_set, device),
                              recipe, optimizer, schedule, loss_fn, device, writer=writer,
                              best_path=best_path, last_path=last_path, resume=resume, log=log)

@@ -115,15 +115,18 @@ def test_lint_catches_what_it_should(tmp_path):
 
 
 def run_setup_cell(cwd: Path, repository: str = "file:///nonexistent", version: str = "v-test",
-                   pythonpath: list[Path] = ()) -> subprocess.CompletedProcess:
+                   pythonpath: list[Path] = (), load: bool = False) -> subprocess.CompletedProcess:
     """Run the notebooks' setup cell, published at `repository` and `version`, in a fresh IPython
-    (its `!` line is IPython's), then report where helpers came from.
+    (its `!` line is IPython's), then report the helpers.py that `import helpers` finds there --
+    with load=True by importing it (torch and all: seconds), else by the same path search alone.
 
     With a stand-in google.colab on the pythonpath, it is imported first, as Colab's kernel does.
     """
     colab = "import google.colab\n" if pythonpath else ""
+    where = ("import helpers\nfound = helpers.__file__" if load
+             else "import importlib.util\nfound = importlib.util.find_spec('helpers').origin")
     script = (colab + course_notebooks.setup_cell(repository, version)
-              + "\nimport helpers, pathlib\nprint(pathlib.Path(helpers.__file__).resolve())")
+              + f"\n{where}\nimport pathlib\nprint(pathlib.Path(found).resolve())")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, pythonpath))}
     return subprocess.run([sys.executable, "-m", "IPython", "--quick", "--colors=NoColor", "-c",
                            script], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
@@ -170,7 +173,10 @@ def test_setup_cell_in_colab_fetches_the_notebooks_version_offline(tmp_path):
     site, content = fake_colab(tmp_path)
     result = run_setup_cell(content, origin.as_uri(), "v-test", site)
     assert result.returncode == 0, result.stderr
-    assert Path(result.stdout.split()[-1]) == content / "fashion-mnist-cnn" / "helpers.py"
+    found = Path(result.stdout.split()[-1])
+    assert found == content / "fashion-mnist-cnn" / "helpers.py"
+    # the tagged helpers.py, not the later commit's on main
+    assert found.read_bytes() == (helpers.REPO_ROOT / "helpers.py").read_bytes()
     # Running the cell again (Colab re-runs it) must not fetch a second time.
     again = run_setup_cell(content, "file:///nonexistent", "v-test", site)
     assert again.returncode == 0, again.stderr
@@ -191,8 +197,8 @@ def test_setup_cell_says_in_one_line_what_to_do_when_the_course_cannot_be_fetche
 def test_setup_cell_in_colab_unpacks_the_course_archive(tmp_path):
     site, content = fake_colab(tmp_path)
     course_notebooks.build_archive(content / course_notebooks.ARCHIVE_NAME)  # what `archive` builds
-    # no repository at all
-    result = run_setup_cell(content, "file:///nonexistent", "v-test", site)
+    # no repository at all; the archive's code imports (torch and all)
+    result = run_setup_cell(content, "file:///nonexistent", "v-test", site, load=True)
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.split()[-1]) == content / "fashion-mnist-cnn" / "helpers.py"
 

@@ -21,33 +21,24 @@ def test_every_network_has_its_references():
 
 
 @pytest.fixture(scope="module")
-def reports(data_root):
-    """report(path): `evaluate --json` on the real test images, one run per network (data and torch
-    loaded once per run), started by the first test that needs it -- so no one test waits for
-    all."""
-    done: dict[str, dict] = {}
-    network = {str(p): helpers.read_checkpoint(p)["model"] for p in REFERENCES}
-
-    def report(path) -> dict:
-        if str(path) not in done:
-            group = [p for p in network if network[p] == network[str(path)]]
-            result = subprocess.run([sys.executable, str(helpers.REPO_ROOT / "helpers.py"),
-                                     "evaluate", *group, "--json", "--device", "cpu",
-                                     "--data", str(data_root)],
-                                    capture_output=True, text=True, timeout=600)
-            assert result.returncode == 0, result.stderr
-            lines = [json.loads(line) for line in result.stdout.splitlines()]
-            assert [line["checkpoint"] for line in lines] == group
-            done.update({line["checkpoint"]: line for line in lines})
-        return done[str(path)]
-    return report
+def reports(data_root) -> dict[str, dict]:
+    """`python helpers.py evaluate --json` of every reference on the real test images, in one run
+    (torch and the data loaded once), by checkpoint path."""
+    paths = [str(p) for p in REFERENCES]
+    result = subprocess.run([sys.executable, str(helpers.REPO_ROOT / "helpers.py"), "evaluate",
+                             *paths, "--json", "--device", "cpu", "--data", str(data_root)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["checkpoint"] for line in lines] == paths
+    return {line["checkpoint"]: line for line in lines}
 
 
 @pytest.mark.parametrize("path", REFERENCES, ids=[p.name for p in REFERENCES])
 def test_reference_reproduces_its_recorded_test_accuracy(path, reports):
     recorded = helpers.read_checkpoint(path)["reference"]
     assert {"command", "machine", "training_minutes", "test_loss"} <= set(recorded)
-    report = reports(path)
+    report = reports[str(path)]
     assert report["test_images"] == 10_000
     assert report["params"] == helpers.count_parameters(helpers.build_model(report["model"]))
     assert abs(report["test_accuracy"] - recorded["test_accuracy"]) <= 0.001  # 0.1 points

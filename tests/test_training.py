@@ -204,6 +204,18 @@ def test_the_runner_times_its_epochs_and_itself_by_the_clock(small_sets, small_r
     assert lines[1].endswith("15.1 s  (~1 min left)") and lines[2].endswith("(~0 min left)")
 
 
+def test_a_run_without_a_run_dir_trains_and_writes_no_tensorboard_run(small_sets, small_recipe,
+                                                                      cpu, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a writer with no folder given would write to ./runs
+    train_set, valid_set, _ = small_sets
+    lines = []
+    _, history, _ = engine.train_run(replace(small_recipe, epochs=2), helpers.first(train_set, 64),
+                                     valid_set, cpu, run_dir=None, log=lines.append)
+    assert history.epochs == 2 and len(history.valid_accuracy) == 2
+    assert lines[0].endswith("up to 2 epochs; no TensorBoard run")
+    assert list(tmp_path.rglob("*")) == []  # no events file, no folder
+
+
 # ---- What mutmut's survivors of machinery/basics.py showed untested -----------------------------
 
 @pytest.mark.parametrize("value, smoke", [("", False), ("0", False), ("false", False),
