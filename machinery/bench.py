@@ -162,7 +162,9 @@ def run_minutes(recipe: Recipe, train_set, valid_set, device, share: float = 0.1
 
     images = round(len(train_set) * share)
     with patch.dict(os.environ, TQDM_DISABLE="1"):  # no progress bars to draw, or to time
-        epoch_seconds(4 * recipe.batch_size)  # pays for start-up: threads, cuDNN's choice, caches
+        # pays for start-up: threads, cuDNN's choice, caches (no longer than the timed share,
+        # which smoke mode makes small)
+        epoch_seconds(min(4 * recipe.batch_size, images))
         seconds = epoch_seconds(images)
     return seconds * len(train_set) / images * recipe.epochs / 60
 

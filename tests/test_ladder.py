@@ -2,6 +2,8 @@
 rung (machinery.recipes.LADDER)."""
 import dataclasses
 
+import pytest
+
 import helpers
 from machinery import engine
 from machinery.recipes import LADDER, RECIPES, SMOKE_SIZES, ladder_recipes
@@ -112,13 +114,15 @@ def test_the_ladder_study_reads_the_test_set_after_training_and_resumes(tmp_path
 
 # ---- notebook 10's clock: every rung timed alike on one machine --------------------------------
 
+@pytest.mark.parametrize("batch_size, warm_up", [(32, 4 * 32), (64, 128)])  # 128: the share
 def test_run_minutes_times_one_epoch_of_the_rung_itself_on_a_share_and_scales_it(
-        small_sets, cpu, monkeypatch):
-    """The timed epoch runs the rung's own settings on its share of both sets (a warm-up first),
-    and its seconds scale to the whole training set and every epoch of the rung."""
+        small_sets, cpu, monkeypatch, batch_size, warm_up):
+    """The timed epoch runs the rung's own settings on its share of both sets (a warm-up of four
+    batches first, or of the share if that is smaller), and its seconds scale to the whole
+    training set and every epoch of the rung."""
     from machinery import bench
     train, valid, _ = small_sets
-    rung = dataclasses.replace(ladder_recipes(smoke=True)[3], epochs=7, batch_size=32)
+    rung = dataclasses.replace(ladder_recipes(smoke=True)[3], epochs=7, batch_size=batch_size)
     seen = []
 
     def spy(model, train_loader, valid_loader, recipe, *args, **kwargs):
@@ -132,7 +136,7 @@ def test_run_minutes_times_one_epoch_of_the_rung_itself_on_a_share_and_scales_it
     minutes = bench.run_minutes(rung, train, valid, cpu, share=0.25)
     share = round(len(train) * 0.25)
     assert minutes == 2.5 * len(train) / share * 7 / 60
-    assert [images for _, images, _, _ in seen] == [4 * 32, share]
+    assert [images for _, images, _, _ in seen] == [warm_up, share]
     assert seen[1][2] == round(share * len(valid) / len(train))
     assert seen[1][0] == dataclasses.replace(rung, epochs=1)
     assert seen[1][3] == "ImprovedCNN"
