@@ -29,6 +29,21 @@ def test_the_sprint_network_gives_ten_logits_per_image():
     assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
 
 
+def test_each_block_of_the_sprint_network_gives_the_shape_its_comment_says_after_a_relu():
+    """Pooling, padding and the ReLU are what the size of every layer's output (notebook 11's
+    count) depends on; the parameter count sees none of them."""
+    model = helpers.build_model("sprint").eval()
+    x, shapes = torch.randn(4, 1, 28, 28), []
+    with torch.no_grad():
+        for i, block in enumerate(model.features):
+            x = block(x)
+            shapes.append(tuple(x.shape[1:]))
+            if i < 5:  # the five convolution blocks end with a ReLU
+                assert x.min() >= 0 and x.max() > 0, f"block {i}"
+    assert shapes == [(16, 14, 14), (64, 7, 7), (64, 7, 7), (128, 3, 3), (128, 3, 3),
+                      (128, 1, 1), (128,)]
+
+
 def test_the_sprint_recipe_declares_what_the_notebook_says():
     recipe = RECIPES["sprint"]
     assert type(helpers.build_model(recipe.network)) is SprintCNN
