@@ -37,6 +37,13 @@ def test_every_recipe_is_valid_and_smoke_mode_only_shrinks_it(recipe):
                                test_size=None) == full
 
 
+def test_an_unknown_recipe_name_is_refused_with_the_names_to_choose_from():
+    expected = f"unknown recipe 'nope': choose one of {', '.join(helpers.RECIPES)}"
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        helpers.course_recipe(name="nope")
+    assert "original, original-fast, improved" in expected
+
+
 def test_recipes_name_their_checkpoints_apart(tmp_path):
     names = {recipe: helpers.checkpoint_paths(helpers.course_recipe(smoke=False, name=recipe),
                                               tmp_path)[0].name
