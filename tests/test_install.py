@@ -105,6 +105,12 @@ def test_make_train_in_smoke_mode_evaluates_the_checkpoint_it_wrote():
     assert make_dry_run("train", env={"FMNIST_SMOKE": "0"})[-2:] == TRAIN_COMMANDS
 
 
+@needs_make
+def test_make_train_evaluates_where_fmnist_checkpoints_moved_the_checkpoints(tmp_path):
+    moved = make_dry_run("train", env={"FMNIST_SMOKE": "0", "FMNIST_CHECKPOINTS": str(tmp_path)})
+    assert moved[-1] == f".venv/bin/python helpers.py evaluate {tmp_path}/original.pt --json"
+
+
 def test_ci_runs_make_test():
     script = (helpers.REPO_ROOT / ".ci" / "run").read_text()
     commands = [line.strip() for line in script.splitlines()
