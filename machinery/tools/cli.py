@@ -47,7 +47,7 @@ def run_archive(args) -> int:
     from .notebooks import build_archive
     path = build_archive(args.output)
     print(f"wrote {path} (the course as committed at HEAD): "
-          f"upload it to Colab's Files panel or to My Drive")
+          f"upload it to Colab's Files panel, then run the setup cell")
     return 0
 
 
