@@ -10,6 +10,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -21,10 +22,30 @@ CHECKPOINT_FORMAT = "fmnist-course-checkpoint/1"
 def checkpoint_payload(model: nn.Module, network: str | None, **about) -> dict:
     """What a checkpoint file holds: the weights (on the CPU), which network they fit, where and
     when they were trained, and whatever `about` adds (epoch, figures, recipe, training state)."""
+    about = {name: readable_back(value, name) for name, value in about.items()}
     return {"format": CHECKPOINT_FORMAT, "model": network, "architecture": type(model).__name__,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "classes": list(CLASSES), "torch_version": str(torch.__version__),
             "machine": machine(), "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"), **about}
+
+
+def readable_back(value, where: str):
+    """`value` as safe (weights-only) loading reads it back: numpy numbers become Python numbers,
+    paths strings; anything else but tensors and plain values is refused now, not at loading."""
+    if isinstance(value, np.generic):  # np.float64(0.93), e.g. from np.mean: a float subclass
+        return value.item()
+    if isinstance(value, (torch.Tensor, str, int, float, bool, type(None))):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: readable_back(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(readable_back(v, f"{where}[{i}]") for i, v in enumerate(value))
+    raise CheckpointError(
+        f"cannot save {where}, a {type(value).__name__}: a checkpoint keeps numbers, strings, "
+        f"lists, dicts and tensors, the values safe loading reads back; convert it (float(x), "
+        f"str(x), torch.tensor(x)) or leave it out")
 
 
 def write_atomically(payload: dict, path: Path | str) -> Path:

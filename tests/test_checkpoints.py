@@ -2,6 +2,7 @@
 import datetime
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -37,6 +38,31 @@ def test_round_trip_gives_identical_logits(tmp_path):
     assert meta["classes"] == list(helpers.CLASSES)
     saved_at = datetime.datetime.strptime(meta["saved_at"], "%Y-%m-%d %H:%M:%S")
     assert abs(datetime.datetime.now() - saved_at) < datetime.timedelta(minutes=5)
+
+
+def test_numpy_numbers_and_paths_are_saved_as_safe_loading_reads_them(tmp_path):
+    model = trained_a_little()
+    figures = {"valid_accuracy": np.float64(0.93), "per_epoch": [np.float32(0.5), 0.7],
+               "epochs": np.int64(3), "folder": tmp_path, "pair": (np.float64(1.5), "x")}
+    helpers.save_checkpoint(tmp_path / "model.pt", model, metrics=figures, note=tmp_path)
+    meta = helpers.load_checkpoint(tmp_path / "model.pt")[1]   # safe (weights-only) loading
+    assert meta["metrics"] == {"valid_accuracy": 0.93, "per_epoch": [0.5, 0.7], "epochs": 3,
+                               "folder": str(tmp_path), "pair": (1.5, "x")}
+    assert type(meta["metrics"]["valid_accuracy"]) is float and meta["note"] == str(tmp_path)
+    assert type(meta["metrics"]["epochs"]) is int
+
+
+def test_a_value_safe_loading_refuses_is_refused_at_saving(tmp_path):
+    path = tmp_path / "model.pt"
+    helpers.save_checkpoint(path, trained_a_little(), epoch=1)
+    before = path.read_bytes()
+    with pytest.raises(helpers.CheckpointError) as refused:
+        helpers.save_checkpoint(path, trained_a_little(), metrics={"curve": [0.5, {1, 2}]})
+    assert str(refused.value) == (
+        "cannot save metrics['curve'][1], a set: a checkpoint keeps numbers, strings, lists, "
+        "dicts and tensors, the values safe loading reads back; convert it (float(x), str(x), "
+        "torch.tensor(x)) or leave it out")
+    assert path.read_bytes() == before   # the checkpoint already there is kept
 
 
 def test_a_checkpoint_goes_into_folders_that_do_not_exist_yet(tmp_path):
