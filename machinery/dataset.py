@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import io
 import os
+import zlib
 from pathlib import Path
 
 from torchvision import datasets
@@ -65,7 +66,10 @@ def copy_decompressed(src: Path, dest: Path) -> None:
             if digest.hexdigest() != RAW_SHA256[dest.name]:  # raised inside: dest is untouched
                 raise DatasetError(f"{src} is not the original Fashion-MNIST file (SHA-256 "
                                    f"mismatch): replace it with a good copy, or " + HOW_TO_GET_DATA)
-    except (EOFError, gzip.BadGzipFile, OSError) as e:
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:  # zlib: bad deflate data
+        if isinstance(e, PermissionError) and str(e.filename) == str(src):
+            raise DatasetError(f"cannot read {src}: give yourself read permission on it, or "
+                               + HOW_TO_GET_DATA) from None
         if isinstance(e, PermissionError):
             raise DatasetError(f"cannot write {dest}: choose a writable data folder "
                                f"({e.strerror})") from None

@@ -117,6 +117,17 @@ def test_truncated_gz_is_named_and_nothing_is_kept(monkeypatch, tmp_path, no_loc
     assert not (tmp_path / "data" / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte").exists()
 
 
+def test_a_gz_with_corrupt_compressed_data_is_named(monkeypatch, tmp_path, no_local_copy):
+    good = bytearray((DEBIAN_COPY / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    good[10:74] = b"\xff" * 64   # the 10-byte header intact, then no valid deflate block
+    folder = gz_copy_with(tmp_path, "t10k-labels-idx1-ubyte", bytes(good), compress=False)
+    monkeypatch.setenv("FMNIST_DATA", str(folder))
+    with pytest.raises(helpers.DatasetError,
+                       match="t10k-labels-idx1-ubyte.gz is truncated or corrupt"):
+        helpers.prepare_data(tmp_path / "data")
+    assert not (tmp_path / "data" / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").exists()
+
+
 def test_wrong_checksum_is_named(monkeypatch, tmp_path, no_local_copy):
     folder = gz_copy_with(tmp_path, "t10k-labels-idx1-ubyte", b"\x00" * 10008)
     monkeypatch.setenv("FMNIST_DATA", str(folder))
@@ -211,6 +222,19 @@ def test_a_copy_into_a_folder_it_cannot_write_says_so(monkeypatch, tmp_path):
         dataset.copy_decompressed(DEBIAN_COPY / "t10k-labels-idx1-ubyte.gz", dest)
     assert str(error.value) == (f"cannot write {dest}: choose a writable data folder "
                                 f"(Permission denied)")
+
+
+def test_a_file_it_cannot_read_is_named_as_unreadable(monkeypatch, tmp_path):
+    src = DEBIAN_COPY / "t10k-labels-idx1-ubyte.gz"
+
+    def refused(path, mode="rb"):
+        raise PermissionError(13, "Permission denied", str(path))  # as open() raises it
+
+    monkeypatch.setattr(dataset.gzip, "open", refused)  # root reads anything: a stand-in
+    with pytest.raises(helpers.DatasetError) as error:
+        dataset.copy_decompressed(src, tmp_path / "t10k-labels-idx1-ubyte")
+    assert str(error.value).startswith(f"cannot read {src}: give yourself read permission")
+    assert not (tmp_path / "t10k-labels-idx1-ubyte").exists()
 
 
 def test_the_download_asks_torchvision_for_both_sets_into_the_root(monkeypatch, tmp_path):
