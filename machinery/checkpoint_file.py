@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .basics import CLASSES, CheckpointError, atomic_write, machine
+from .basics import CLASSES, DRIVE_MOUNT, CheckpointError, atomic_write, machine
 
 CHECKPOINT_FORMAT = "fmnist-course-checkpoint/1"
 
@@ -51,6 +51,10 @@ def readable_back(value, where: str):
 def write_atomically(payload: dict, path: Path | str) -> Path:
     """torch.save `payload` to `path`; a crash mid-write never leaves a half-written file there."""
     path = Path(path)
+    if DRIVE_MOUNT in path.absolute().parents and not (DRIVE_MOUNT / "MyDrive").is_dir():
+        # mkdir would make a folder of that name on the runtime's own disk, lost when it recycles
+        raise CheckpointError(f"{path} is on Google Drive, which is not mounted: mount it first "
+                              f"(stage 6's checkpoint_folder(keep_on_drive=True) does)")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as file:
         torch.save(payload, file)

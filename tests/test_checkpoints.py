@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 import helpers
+from machinery import checkpoint_file
 from machinery.checkpoint_file import why_unreadable
 from original_notebook import FMnist_CNN
 
@@ -69,6 +70,22 @@ def test_a_checkpoint_goes_into_folders_that_do_not_exist_yet(tmp_path):
     path = tmp_path / "runs" / "today" / "best.pt"  # e.g. a fresh Drive or checkpoints/ folder
     helpers.save_checkpoint(path, trained_a_little(), epoch=2)
     assert helpers.load_checkpoint(path)[1]["epoch"] == 2
+
+
+def test_a_checkpoint_on_an_unmounted_drive_is_refused_and_no_folder_made(tmp_path,
+                                                                          monkeypatch):
+    mount = tmp_path / "content" / "drive"
+    monkeypatch.setattr(checkpoint_file, "DRIVE_MOUNT", mount)
+    path = mount / "MyDrive" / "fashion-mnist-cnn" / "checkpoints" / "original.pt"
+    with pytest.raises(helpers.CheckpointError) as refused:
+        helpers.save_checkpoint(path, trained_a_little(), epoch=1)
+    assert str(refused.value) == (
+        f"{path} is on Google Drive, which is not mounted: mount it first (stage 6's "
+        f"checkpoint_folder(keep_on_drive=True) does)")
+    assert not mount.exists()          # no local stand-in for Drive, lost with the runtime
+    (mount / "MyDrive").mkdir(parents=True)   # what mounting Drive makes appear
+    helpers.save_checkpoint(path, trained_a_little(), epoch=1)
+    assert helpers.load_checkpoint(path)[1]["epoch"] == 1
 
 
 def test_a_state_dict_saved_by_the_original_notebook_loads(tmp_path):
