@@ -1,9 +1,10 @@
 """What the notebooks teach, in the order of the stages: data, the network, loss and optimizer, the
-training loop, prediction, checkpoints. Each function here is written out in the notebook that
-teaches it (notebook 6's train_one_epoch, evaluate, EarlyStopping and fit, and notebook 7's
-feature_maps and occlusion_map, are this very code: a test compares them). What students never
-need to read (dataset integrity, the checkpoint file, the course's runner with resume, mixed
-precision and one-cycle, the command line) is in `machinery/`."""
+training loop, prediction, checkpoints. Notebook 6's train_one_epoch, evaluate, EarlyStopping and
+fit, notebook 7's feature_maps and occlusion_map, notebook 8's sign_test and notebook 10's
+compare_seeds are written out in their notebooks as they are here (a test compares them); the
+notebooks call the rest. What students never need to read (dataset integrity, the checkpoint
+file, the course's runner with resume, mixed precision and one-cycle, the command line) is in
+`machinery/`."""
 from __future__ import annotations
 
 import math
@@ -49,7 +50,8 @@ def load_datasets(recipe: Recipe | None = None, root: Path | str = DATA_ROOT,
                   transform=None) -> tuple[Dataset, Dataset, Dataset]:
     """Train, validation and test sets as torchvision datasets (ToTensor by default).
 
-    The recipe's sizes (smoke mode: a few thousand images) keep the first images of each set."""
+    The recipe's sizes (smoke mode: a few thousand images) keep the first images of each set.
+    `transform` applies to all three sets alike: augment the training images in the loop."""
     recipe = recipe or course_recipe()
     transform = transform or transforms.ToTensor()
     root = prepare_data(root)  # the four original files, checked (machinery/dataset.py)

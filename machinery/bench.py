@@ -100,7 +100,7 @@ def seeded_run(recipe, train_set, test_set, device) -> tuple:
 
 def time_to_accuracy(recipe, train_set, test_set, device, target: float = 0.93) -> dict:
     """Wall time of a recipe until its test accuracy, checked after every epoch, first reaches
-    `target`.
+    `target` (the DAWNBench convention: a speed measured, nothing chosen by it).
 
     The clock includes the per-epoch test evaluations (you must look to know you are there) and
     starts after one untimed warm-up step, which pays for CUDA's and cuDNN's start-up.

@@ -40,7 +40,9 @@ def train_command(args: argparse.Namespace) -> None:
     state = None
     # the run's own recipe; only --epochs (to train longer) and --compile may change
     if args.resume:
-        recipe, state = runs.resumed_recipe(args.resume, **overrides)
+        chosen = {"model": args.model, "recipe": args.recipe, "fast": args.fast,
+                  "smoke": args.smoke}
+        recipe, state = runs.resumed_recipe(args.resume, **overrides, **chosen)
     else:
         recipe = runs.choose_recipe(args.model, args.recipe, args.fast, args.smoke, **overrides)
     report = runs.train(recipe, pick_device(args.device), data=args.data, runs=args.runs,
@@ -112,7 +114,8 @@ def make_parser() -> argparse.ArgumentParser:
                        help="train on all 60,000 images, the validation ones too: only for a "
                        "recipe already chosen on validation (nothing is held out to check it)")
     train.add_argument("--resume", metavar="LAST_CHECKPOINT",
-                       help="carry on an interrupted run from its last checkpoint (NAME-last.pt)")
+                       help="carry on an interrupted run from its last checkpoint (NAME-last.pt) "
+                       "with its own recipe; only --epochs and --compile may change")
     train.add_argument("--runs", default=str(RUNS_ROOT),
                        help="TensorBoard runs folder (default: runs/)")
     train.add_argument("--out",

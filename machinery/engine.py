@@ -1,7 +1,8 @@
 """The course's runner: a whole recipe in one call, for notebook 10 and the command line.
 
-It trains with helpers' own train_one_epoch and evaluate (notebook 6's code) and adds what long
-and fast runs need, each as a small wrapper rather than a second copy of the loop:
+Its epoch loop (run_epochs) is a second loop beside helpers.fit, not a copy of it: it calls
+helpers' own train_one_epoch and evaluate (notebook 6's code) and adds what long and fast runs
+need, each as a small wrapper around them:
 - resume: a last checkpoint after every epoch holds everything the loop keeps (machinery/resume);
 - the fast path: data on the device, weights in channels-last layout (machinery/fast_path);
 - mixed precision: MixedPrecision wraps the network, ScaledOptimizer the optimizer (fp16 only);
@@ -61,7 +62,8 @@ def make_schedule(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_ep
     """The recipe's learning-rate schedule: stage 5's plateau schedule, or one-cycle.
 
     One-cycle rises to recipe.lr and falls to almost zero over the whole run, one step per
-    batch: the optimizer's post-step hook steps it, so helpers.train_one_epoch needs no change.
+    batch, and moves Adam's beta1 the other way (0.95 down to 0.85 at the peak, then back): the
+    optimizer's post-step hook steps it, so helpers.train_one_epoch needs no change.
     """
     if recipe.schedule == "plateau":
         return helpers.make_scheduler(optimizer, recipe)
@@ -126,8 +128,8 @@ def training_precision(recipe: Recipe, device: torch.device) -> torch.dtype | No
 
 def evaluated(model: nn.Module, recipe: Recipe, device: torch.device) -> nn.Module:
     """The network as the recipe evaluates it: with flip test-time augmentation if it asks, and
-    in bf16 where it trains in bf16 on a CPU (cpu_bf16); in fp32 everywhere else, GPUs included,
-    so a checkpoint's figures compare across GPUs."""
+    in bf16 where it trains in bf16 on a CPU (cpu_bf16); in fp32 everywhere else, GPUs included
+    (though cuDNN's default TF32 convolutions on an A100, H100 or newer move the last digits)."""
     precision = training_precision(recipe, device) if device.type == "cpu" else None
     if precision is not None:
         model = MixedPrecision(model, precision)

@@ -145,7 +145,7 @@ def make_scaler(device: torch.device, precision: torch.dtype | None) -> torch.am
 
 
 def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """Compile the network in place: fused kernels, and on a GPU CUDA graphs (one launch per step).
+    """Compile the network in place: fused kernels, and on a GPU CUDA graphs (few launches a step).
 
     nn.Module.compile keeps the module and its state_dict keys as they are, so checkpoints load
     into an uncompiled network. dynamic=False: one graph per batch shape (a full batch, the last

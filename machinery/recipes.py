@@ -34,7 +34,7 @@ class Recipe:
     optimizer: str = "adam"         # "adam" (L2 weight decay, as the original) or "adamw"
                                     # (decoupled)
     schedule: str = "plateau"       # "plateau" (ReduceLROnPlateau) or "onecycle" (up, then down,
-                                    # per step)
+                                    # per step; Adam's beta1 the other way)
     augment: bool = False           # random shifts and mirror images (fast path only)
     shift: int = 2                  # augment: shift by up to this many pixels (0: mirror only)
     erase: float = 0.0              # augment: erase a random box in this share of the images

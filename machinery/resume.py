@@ -1,8 +1,9 @@
 """Exact resume: what a last checkpoint holds besides the weights, and putting it back.
 
 The course's runner (machinery/engine.py) saves training_state() into every last checkpoint and
-calls restore_training() for train_run(..., resume=path): the resumed run repeats the
-uninterrupted one exactly.
+calls restore_training() for train_run(..., resume=path): on a CPU the resumed run repeats the
+uninterrupted one exactly (on a GPU, cuDNN's non-deterministic kernels already make two
+uninterrupted runs differ a little).
 """
 from __future__ import annotations
 

@@ -46,14 +46,21 @@ def checkpoint_recipe(path: Path, meta: dict) -> Recipe | None:
                               f"saved by another version of the course") from error
 
 
+RESUME_CHANGES = ("epochs", "compile")  # what a resumed run may change: train longer, compile
+
+
 def resumed_recipe(last_checkpoint: Path | str, **overrides) -> tuple[Recipe, dict]:
     """The recipe and training state of an interrupted run; only epochs and compile may change."""
+    fixed = [name for name, value in overrides.items() if value and name not in RESUME_CHANGES]
+    if fixed:  # refused, not dropped: the run would silently go on with its own settings
+        raise ValueError(f"a resumed run keeps its recipe: {', '.join(fixed)} cannot change "
+                         f"(only {' and '.join(RESUME_CHANGES)} may)")
     saved = read_checkpoint(last_checkpoint)
     state, recipe = saved.get("training_state"), checkpoint_recipe(last_checkpoint, saved)
     if state is None or recipe is None:
         raise CheckpointError(f"{last_checkpoint} is not the last checkpoint of a run: "
                               f"nothing to resume")
-    allowed = {k: v for k, v in overrides.items() if k in ("epochs", "compile") and v}
+    allowed = {k: v for k, v in overrides.items() if k in RESUME_CHANGES and v}
     return replace(recipe, **allowed), state
 
 

@@ -8,7 +8,7 @@
   validation images with their pictures and class names (Projector) and the recipe with its
   results (HParams).
 
-None of them draws a random number, so a logged run trains exactly as an unlogged one.
+None of them draws a random number, so a logged run trains as an unlogged one (exactly, on a CPU).
 """
 from __future__ import annotations
 

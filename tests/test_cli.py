@@ -120,6 +120,10 @@ def test_train_prints_what_the_run_reports(flags, report, printed, monkeypatch, 
     (["evaluate", "missing.pt"], "no checkpoint at missing.pt"),
     (["evaluate", "requirements.txt"], "requirements.txt is not a readable PyTorch checkpoint"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["train", "--resume", "x-last.pt", "--batch-size", "64", "--fast"],
+     "a resumed run keeps its recipe: batch_size, fast cannot change"),
+    (["train", "--resume", "x-last.pt", "--model", "improved", "--epochs", "60"],
+     "a resumed run keeps its recipe: model cannot change (only epochs and compile may)"),
 ])
 def test_bad_input_exits_with_one_clear_line(args, message, capsys):
     # in-process (the same main() that `python helpers.py` runs): no interpreter start per case

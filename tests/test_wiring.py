@@ -408,8 +408,8 @@ def test_resume_carries_the_runs_settings_paths_and_tensorboard_folder(wiring, d
     assert main("train", "--batch-size", "40", "--epochs", "1", "--smoke", "--out", str(first),
                 "--runs", str(tmp_path / "runs"), *common) == 0
     last = tmp_path / "first-last.pt"
-    # resumed for one more epoch; its --runs and --batch-size are ignored: the run keeps its own
-    assert main("train", "--resume", str(last), "--epochs", "2", "--batch-size", "64",
+    # resumed for one more epoch; its --runs is ignored: the run keeps its own TensorBoard run
+    assert main("train", "--resume", str(last), "--epochs", "2",
                 "--runs", str(tmp_path / "elsewhere"), *common) == 0
     started, resumed = wiring.runs
     assert Path(resumed["resume"]) == last
@@ -488,8 +488,12 @@ def test_resume_takes_only_epochs_and_compile_from_the_command(tmp_path):
     engine.save(tmp_path / "last.pt", helpers.build_model("original"), recipe, 1, {},
                 training_state={"history": {}})
     resumed, state = runs.resumed_recipe(tmp_path / "last.pt", epochs=9, compile=True,
-                                         batch_size=7, lr=0.5)
+                                         batch_size=None, fast=False)
     assert resumed == replace(recipe, epochs=9, compile=True) and state == {"history": {}}
+    with pytest.raises(ValueError) as refused:  # anything else is refused, not dropped
+        runs.resumed_recipe(tmp_path / "last.pt", epochs=9, batch_size=7, lr=0.5)
+    assert str(refused.value) == ("a resumed run keeps its recipe: batch_size, lr cannot change "
+                                  "(only epochs and compile may)")
     # a checkpoint with a training state but no recipe is not a run's last checkpoint
     helpers.save_checkpoint(tmp_path / "odd.pt", helpers.build_model("original"),
                             training_state={"history": {}})
