@@ -11,7 +11,7 @@ import torch
 def as_image_batch(images: torch.Tensor) -> torch.Tensor:
     """Check and shape images as a float batch [N, 1, 28, 28] with values in 0-1."""
     if not isinstance(images, torch.Tensor):
-        images = torch.as_tensor(np.asarray(images))
+        images = torch.as_tensor(np.array(images))  # a copy: a PIL image's array is read-only
     given = tuple(images.shape)  # for the error message, before any reshaping
     if images.dtype == torch.uint8:
         images = images.float() / 255

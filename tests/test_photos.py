@@ -530,6 +530,10 @@ def test_images_in_any_layout_become_a_float_batch_of_the_same_pixels(small_sets
         assert images.dtype == torch.float32 and torch.equal(images, expected)
     classes, _ = helpers.predict(helpers.FMnistCNN(), as_numpy_bytes / 255)
     assert classes.shape == (2,)
+    with warnings.catch_warnings():  # a PIL image: its pixels, and no "not writable" warning
+        warnings.simplefilter("error")
+        picture = Image.fromarray(as_numpy_bytes[0])
+        assert torch.equal(helpers.as_image_batch(picture), batch[:1])
 
 
 @pytest.mark.parametrize("change, message", [
