@@ -210,7 +210,8 @@ def test_a_reference_records_the_machine_its_checkpoint_trained_on(tmp_path, mon
         trained_on = helpers.machine()
         # a one-layer network: shipping evaluates it on the 10,000 test images in milliseconds
         checkpoint = helpers.save_checkpoint(tmp_path / "run.pt", helpers.build_model(loud_network),
-                                             recipe="original", epoch=1)
+                                             recipe="original", epoch=1,
+                                             torch_version="2.11.0+cu130")  # e.g. Colab's
     finally:
         torch.set_num_threads(threads)
     assert helpers.read_checkpoint(checkpoint)["machine"] == trained_on
@@ -221,3 +222,4 @@ def test_a_reference_records_the_machine_its_checkpoint_trained_on(tmp_path, mon
     shipped = trials.make_reference(checkpoint, "a command", 1.0, name="shipped")
     assert helpers.read_checkpoint(shipped)["reference"]["machine"] == trained_on
     assert helpers.read_checkpoint(shipped)["machine"] == trained_on
+    assert helpers.read_checkpoint(shipped)["torch_version"] == "2.11.0+cu130"  # the trainer's

@@ -33,6 +33,8 @@ def make_reference(checkpoint: Path, command: str, minutes: float, name: str | N
                  "training_minutes": round(minutes, 1)}
     path = REFERENCE / f"{name or meta.get('recipe') or meta['model']}.pt"
     kept = {k: meta.get(k) for k in ("recipe", "settings", "epoch", "metrics")}
+    # the torch that trained it (older checkpoints recorded none: this one's)
+    kept["torch_version"] = meta.get("torch_version") or str(torch.__version__)
     adopted = {**settings, "name": name}
     if name in RECIPES and settings and Recipe.from_dict(adopted) == RECIPES[name]:
         kept.update(recipe=name, settings=adopted)
