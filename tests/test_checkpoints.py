@@ -270,6 +270,17 @@ def test_your_own_network_trains_through_fit_and_loads_back(small_sets, small_re
         helpers.load_checkpoint(tmp_path / "mine.pt", model=helpers.build_model("original"))
 
 
+def test_a_loaded_network_is_moved_to_the_device_asked(tmp_path):
+    class Moved(helpers.FMnistCNN):  # records where it is sent (this machine has one device)
+        def to(self, *args, **kwargs):
+            self.sent_to = args
+            return super().to(*args, **kwargs)
+
+    helpers.save_checkpoint(tmp_path / "model.pt", trained_a_little(), epoch=1)
+    model, _ = helpers.load_checkpoint(tmp_path / "model.pt", "cpu", model=Moved())
+    assert model.sent_to == ("cpu",)
+
+
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(helpers.CheckpointError, match="no checkpoint at"):
         helpers.load_checkpoint(tmp_path / "nowhere.pt")

@@ -124,6 +124,8 @@ def test_train_prints_what_the_run_reports(flags, report, printed, monkeypatch, 
      "a resumed run keeps its recipe: batch_size, fast cannot change"),
     (["train", "--resume", "x-last.pt", "--model", "improved", "--epochs", "60"],
      "a resumed run keeps its recipe: model cannot change (only epochs and compile may)"),
+    (["train", "--resume", "x-last.pt", "--recipe", "sprint", "--smoke", "--final-fit"],
+     "a resumed run keeps its recipe: final_fit, recipe, smoke cannot change"),
 ])
 def test_bad_input_exits_with_one_clear_line(args, message, capsys):
     # in-process (the same main() that `python helpers.py` runs): no interpreter start per case

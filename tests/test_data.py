@@ -67,6 +67,12 @@ def test_a_final_fit_trains_on_the_validation_images_too(data_root):
     assert plain.indices == train.indices
 
 
+def test_each_set_is_cut_to_its_own_size(data_root):
+    recipe = helpers.course_recipe(smoke=False, train_size=700, valid_size=300, test_size=200)
+    train, valid, test = helpers.load_datasets(recipe, root=data_root)
+    assert (len(train), len(valid), len(test)) == (700, 300, 200)
+
+
 def test_smoke_subsets_are_small_and_drawn_from_the_same_split(data_root):
     full_train, _, _ = helpers.load_datasets(helpers.course_recipe(smoke=False), root=data_root)
     train, valid, test = helpers.load_datasets(helpers.course_recipe(smoke=True), root=data_root)

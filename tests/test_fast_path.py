@@ -55,6 +55,24 @@ def test_shift_and_flip_move_each_image_as_asked():
     assert out[2, 0, :2].abs().sum() == 0 and out[2, 0, :, 26:].abs().sum() == 0
 
 
+def test_an_epoch_shifts_images_both_ways_by_up_to_the_recipes_pixels(small_sets, monkeypatch):
+    train, _, _ = small_sets
+    drawn = []
+    real = fast_path.shift_and_flip
+    monkeypatch.setattr(fast_path, "shift_and_flip",
+                        lambda images, shifts, flips, pad: drawn.append((shifts, pad))
+                        or real(images, shifts, flips, pad))
+    for shift in (1, 2):
+        drawn.clear()
+        loader = DeviceLoader(train, 512, shuffle=True, generator=torch.Generator().manual_seed(0),
+                              augment=True, shift=shift)
+        assert sum(len(x) for x, _ in loader) == len(train)
+        shifts = torch.cat([s for s, _ in drawn])  # crop offsets: pad + the move, 0..2*pad
+        assert {pad for _, pad in drawn} == {shift}
+        for axis in (0, 1):  # up and down, left and right, and every step between
+            assert set(shifts[:, axis].tolist()) == set(range(2 * shift + 1)), (shift, axis)
+
+
 def test_augmented_batches_differ_but_keep_their_labels(small_sets):
     train, _, _ = small_sets
     plain = DeviceLoader(train, 512, shuffle=True, generator=torch.Generator().manual_seed(0))
@@ -90,14 +108,30 @@ def test_mixed_precision_is_chosen_by_the_hardware(amx, monkeypatch):
     # bf16 on a CPU only where asked and where AMX units do the arithmetic
     assert fast_path.mixed_precision(torch.device("cpu"), cpu_bf16=True) == (
         torch.bfloat16 if amx else None)
-    if torch.cuda.is_available():
-        major, _ = torch.cuda.get_device_capability()
-        assert (fast_path.mixed_precision(torch.device("cuda"))
-                == (torch.bfloat16 if major >= 8 else torch.float16))
 
 
-def test_bench_reports_both_paths_side_by_side(data_root):
+@pytest.mark.parametrize("capability, precision", [
+    ((7, 5), torch.float16),   # a T4: its tensor cores do fp16 (bf16 only emulated)
+    ((8, 0), torch.bfloat16),  # an A100
+    ((8, 6), torch.bfloat16),
+    ((9, 0), torch.bfloat16),  # an H100
+])
+def test_a_gpu_gets_bf16_from_ampere_on_and_fp16_before(capability, precision, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert fast_path.mixed_precision(torch.device("cuda")) == precision
+    assert fast_path.mixed_precision(torch.device("cuda"), cpu_bf16=True) == precision
+
+
+def test_bench_reports_both_paths_side_by_side(data_root, monkeypatch):
+    timed = []
+    real = bench.images_per_second
+    monkeypatch.setattr(bench, "images_per_second", lambda model, loader, device, precision=None:
+                        timed.append(loader) or real(model, loader, device, precision))
     report = bench.bench(images=256, rounds=1)
+    original, fast = timed  # the original recipe as notebook 6 trains it, then the fast path
+    assert type(original) is torch.utils.data.DataLoader and original.batch_size == 16
+    assert type(fast) is DeviceLoader and fast.batch_size == report["fast_path_batch"] == 256
+    assert len(original.dataset) == len(fast.dataset) == 256
     assert report["original_recipe_images_per_s"] > 0 and report["fast_path_images_per_s"] > 0
     # the ratio of the unrounded rates: within the rounding of the printed whole numbers
     assert report["ratio"] == pytest.approx(

@@ -39,6 +39,20 @@ def test_eval_mode_is_deterministic_and_train_mode_is_not():
     assert not torch.equal(model(images), model(images))  # dropout is on while training
 
 
+def test_in_training_mode_the_fixed_network_is_the_original_draw_for_draw():
+    """Same weights, same seed, training mode: the same outputs as the original notebook's
+    network, so every dropout rate and place is the original's (only the eval-mode bug is gone)."""
+    torch.manual_seed(0)
+    original = FMnist_CNN().train()
+    ours = helpers.FMnistCNN().train()
+    ours.load_state_dict(original.state_dict())
+    images = torch.rand(8, 1, 28, 28)
+    torch.manual_seed(1)
+    expected = original(images)
+    torch.manual_seed(1)
+    assert torch.equal(ours(images), expected)
+
+
 def test_the_original_bug_is_real_and_fixed():
     """The original's F.dropout stays on in eval(); ours does not, with the same weights."""
     torch.manual_seed(0)

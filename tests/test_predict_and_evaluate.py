@@ -118,6 +118,19 @@ def test_confusion_matrix_and_most_confused_pairs():
     pairs = helpers.most_confused(matrix, k=3)
     assert pairs[0] == ("T-shirt/top", "Shirt", 2)
     assert set(pairs[1:]) == {("Shirt", "T-shirt/top", 1), ("Pullover", "Coat", 1)}
+    assert helpers.most_confused(matrix, k=5) == pairs  # three mistakes made: no zero counts
+
+
+def test_predict_all_gives_the_true_labels_then_the_predictions(small_sets, cpu):
+    class AlwaysBag(torch.nn.Module):
+        def forward(self, images):
+            return torch.nn.functional.one_hot(torch.full((len(images),), 8), 10).float()
+
+    _, valid_set, _ = small_sets
+    labels, predictions = helpers.predict_all(AlwaysBag(), helpers.make_loader(valid_set, 100),
+                                              cpu)
+    assert torch.equal(labels, torch.tensor([label for _, label in valid_set]))
+    assert torch.equal(predictions, torch.full((len(valid_set),), 8))
 
 
 def test_predict_all_matches_evaluate(small_sets, cpu):
@@ -233,6 +246,13 @@ def test_occlusion_map_covers_squares_of_the_size_asked():
     small = helpers.occlusion_map(OneCorner(), image, target=1, patch=2)
     assert small[6, :6].min() > 0 and small[7:, :].abs().max() == 0
     assert small[:6, 6].min() > 0 and small[:, 7:].abs().max() == 0
+
+
+def test_compare_seeds_is_the_runs_mean_over_the_baselines_and_the_larger_spread():
+    compare = helpers.compare_seeds
+    assert compare([2.0, 3.0, 4.0], [1.0, 1.0, 1.5]) == pytest.approx((3 - 3.5 / 3, 2))
+    assert compare([1.0, 1.0, 1.5], [2.0, 3.0, 4.0]) == pytest.approx((3.5 / 3 - 3, 2))
+    assert compare([1.0, 1.2], [5.0, 5.0, 5.1]) == pytest.approx((1.1 - 15.1 / 3, 0.2))
 
 
 def test_the_sign_test_is_the_exact_two_sided_binomial_tail():

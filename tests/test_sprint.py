@@ -14,7 +14,7 @@ from machinery import bench, cli, engine, fast_path, runs
 from machinery.basics import CheckpointError
 from machinery.fast_path import DeviceLoader
 from machinery.networks import SprintCNN
-from machinery.recipes import RECIPES
+from machinery.recipes import RECIPES, Recipe
 
 NOTEBOOK_6 = helpers.REPO_ROOT / "notebooks" / "06_train.ipynb"
 
@@ -47,9 +47,12 @@ def test_each_block_of_the_sprint_network_gives_the_shape_its_comment_says_after
 def test_the_sprint_recipe_declares_what_the_notebook_says():
     recipe = RECIPES["sprint"]
     assert type(helpers.build_model(recipe.network)) is SprintCNN
-    assert recipe.fast and recipe.augment and recipe.flip_tta and recipe.schedule == "onecycle"
-    assert recipe.shift == 0 and recipe.label_smoothing == 0.1 and recipe.epochs == 5
-    assert recipe.cpu_bf16
+    # every setting the README's sprint section states, against the course's defaults
+    changed = {k: v for k, v in recipe.as_dict().items() if v != getattr(Recipe("x"), k)}
+    assert changed == {"name": "sprint", "network": "sprint", "fast": True, "batch_size": 128,
+                       "epochs": 5, "lr": 3e-3, "optimizer": "adamw", "weight_decay": 5e-4,
+                       "schedule": "onecycle", "augment": True, "shift": 0,
+                       "label_smoothing": 0.1, "flip_tta": True, "cpu_bf16": True}
 
 
 def test_flip_tta_gives_the_same_logits_for_an_image_that_is_its_own_mirror():
@@ -128,14 +131,19 @@ def test_cpu_bf16_trains_and_evaluates_in_bf16_only_where_the_cpu_has_amx(amx, s
     assert len(networks) >= 4
     assert all(isinstance(net, engine.MixedPrecision) == amx for net in networks)
     assert all(net.precision == torch.bfloat16 for net in networks if amx)
+    # one wrapper each, around the network itself (validation wraps the network, not the
+    # training step's wrapper: on a GPU that would validate in the training's precision)
+    inner = [net.model if amx else net for net in networks]
+    assert all(type(net) is SprintCNN for net in inner)
 
 
 @pytest.mark.parametrize("name", ["sprint", "improved"])
 def test_a_gpu_evaluates_in_fp32_whatever_the_recipe_trains_in(name):
     # so a checkpoint's figures compare across GPUs (no CUDA needed: only the device type is read)
-    evaluated = engine.evaluated(helpers.build_model(RECIPES[name].network), RECIPES[name],
-                                 torch.device("cuda"))
-    assert not isinstance(getattr(evaluated, "model", evaluated), engine.MixedPrecision)
+    network = helpers.build_model(RECIPES[name].network)
+    evaluated = engine.evaluated(network, RECIPES[name], torch.device("cuda"))
+    assert not any(isinstance(part, engine.MixedPrecision) for part in evaluated.modules())
+    assert (evaluated.model if RECIPES[name].flip_tta else evaluated) is network
 
 
 def test_a_checkpoint_whose_recipe_cannot_be_read_gets_an_error_naming_the_file(tmp_path):
@@ -212,6 +220,23 @@ def test_the_sprint_report_says_when_the_sprint_missed_93_percent(accuracy, monk
     monkeypatch.setattr(bench, "sprint_bench", lambda: report)
     bench.print_sprint()
     assert ("below 93%" in capsys.readouterr().out) == (accuracy < 0.93)
+
+
+def test_sprint_run_reads_the_test_set_once_as_its_recipe_evaluates(data_root, cpu, monkeypatch):
+    evaluated = []
+    real = helpers.evaluate
+    monkeypatch.setattr(helpers, "evaluate", lambda model, loader, loss_fn, device:
+                        evaluated.append((model, len(loader.dataset)))
+                        or real(model, loader, loss_fn, device))
+    recipe = replace(helpers.course_recipe(smoke=True, name="sprint"), epochs=1,
+                     valid_size=300, test_size=200)
+    result, model = bench.sprint_run(recipe, cpu, data_root)
+    [(validated, valid_images), (tested, test_images)] = evaluated
+    assert (valid_images, test_images) == (300, 200)  # one validation, then the test set once
+    assert type(tested) is engine.FlipTTA and type(validated) is engine.FlipTTA
+    assert result["test_accuracy"] == pytest.approx(real(tested, engine.make_eval_loader(
+        recipe, helpers.load_datasets(recipe, data_root)[2], cpu), torch.nn.CrossEntropyLoss(),
+        cpu)[1], abs=1e-4)
 
 
 def test_sprint_run_stops_at_validation_while_a_recipe_is_being_chosen(data_root, cpu):

@@ -60,8 +60,9 @@ def test_a_run_logs_every_panel_in_one_folder(logged_run, small_sets, small_reci
     for tag in TAGS:  # one value per epoch, step = epoch
         steps, _ = scalars[tag]
         assert steps == list(range(1, EPOCHS + 1)), tag
-    assert scalars["accuracy/valid"][1] == pytest.approx(history.valid_accuracy, abs=1e-6)
-    assert scalars["loss/train"][1] == pytest.approx(history.train_loss, rel=1e-6)
+    for tag, figures in (("loss/train", history.train_loss), ("loss/valid", history.valid_loss),
+                         ("accuracy/valid", history.valid_accuracy), ("learning_rate", history.lr)):
+        assert scalars[tag][1] == pytest.approx(figures, rel=1e-6), tag  # its own figures
     assert scalars["hparam/best_valid_accuracy"][1] == pytest.approx([max(history.valid_accuracy)])
     assert scalars["hparam/final_valid_loss"][1] == pytest.approx([history.valid_loss[-1]])
     assert scalars["hparam/epochs"] == ([EPOCHS], [EPOCHS])
@@ -200,8 +201,8 @@ def test_the_summary_shows_the_best_weights_mistakes_and_features(best, small_se
     images = images.float() / 255
     model = Favourite(0)  # the last epoch's weights; the best epoch's predict class 1
     history = helpers.History(best_epoch=2)
-    for accuracy in (0.3, 0.5, 0.4):
-        history.record(train_loss=1.0, valid_loss=1.0, valid_accuracy=accuracy)
+    for accuracy in (0.3, 0.5, 0.4):  # the best in the middle; losses 0.7, 0.5, 0.6
+        history.record(train_loss=1.0, valid_loss=1.0 - accuracy, valid_accuracy=accuracy)
     mistakes = []
     monkeypatch.setattr(tensorboard_panels, "plot_mistakes",
                         lambda *shown: mistakes.append(shown) or plot_mistakes(*shown))
@@ -221,6 +222,9 @@ def test_the_summary_shows_the_best_weights_mistakes_and_features(best, small_se
     events = EventAccumulator(str(tmp_path))
     events.Reload()
     assert [image.step for image in events.Images("valid/mistakes")] == [step]
+    for tag, value in (("hparam/best_valid_accuracy", 0.5), ("hparam/final_valid_loss", 0.6),
+                       ("hparam/epochs", 3)):  # the HParams tab's results
+        assert [s.value for s in events.Scalars(tag)] == [pytest.approx(value)], tag
     # the projector: the first EMBEDDED images, their pixels (the last layer's input) and names
     folder = tmp_path / f"{step:05}" / "penultimate_layer"
     logged = projector_tensor(folder)

@@ -60,12 +60,18 @@ def test_fit_learns_logs_and_checkpoints(small_sets, small_recipe, tmp_path):
     events.Reload()
     for tag in ("loss/train", "loss/valid", "accuracy/valid", "learning_rate"):
         assert [e.step for e in events.Scalars(tag)] == [1, 2, 3], tag
-    logged = [e.value for e in events.Scalars("accuracy/valid")]
-    assert logged == pytest.approx(history.valid_accuracy, abs=1e-6)
+    for tag, figures in (("loss/train", history.train_loss), ("loss/valid", history.valid_loss),
+                         ("accuracy/valid", history.valid_accuracy), ("learning_rate", history.lr)):
+        logged = [e.value for e in events.Scalars(tag)]
+        assert logged == pytest.approx(figures, rel=1e-6), tag  # each curve its own figures
 
     best, best_meta = helpers.load_checkpoint(tmp_path / "best.pt")
     assert best_meta["epoch"] == history.best_epoch
     assert best_meta["metrics"]["valid_accuracy"] == max(history.valid_accuracy)
+    at_best = history.best_epoch - 1
+    assert best_meta["metrics"] == {"train_loss": history.train_loss[at_best],
+                                    "valid_loss": history.valid_loss[at_best],
+                                    "valid_accuracy": history.valid_accuracy[at_best]}
     assert best_meta["model"] == "original" and best_meta["classes"][0] == "T-shirt/top"
     _, accuracy = helpers.evaluate(best, helpers.make_loader(small_sets[1], 256),
                                    nn.CrossEntropyLoss(), torch.device("cpu"))

@@ -272,20 +272,21 @@ def test_resume_restores_into_the_runs_own_objects(wiring, small_sets, small_rec
     monkeypatch.setattr(engine, "mixed_precision",
                         lambda device, cpu_bf16: torch.float16)  # a T4's
     # one-cycle: its schedule's length must match the resumed run's, which it does here
-    recipe = replace(small_recipe, name="resumed", fast=True, schedule="onecycle", epochs=1,
-                     batch_size=32)
+    # the plateau schedule: the resumed run may train longer, one more epoch here
+    recipe = replace(small_recipe, name="resumed", fast=True, epochs=1, batch_size=32)
     last = tmp_path / "last.pt"
-    for resume in (None, last):
-        engine.train_run(recipe, *small_sets[:2], cpu, run_dir=tmp_path / "run", last_path=last,
-                         resume=resume, log=lambda line: None)
+    for epochs, resume in ((1, None), (2, last)):
+        engine.train_run(replace(recipe, epochs=epochs), *small_sets[:2], cpu,
+                         run_dir=tmp_path / "run", last_path=last, resume=resume,
+                         log=lambda line: None)
     [restore] = wiring.restores
-    [trained] = wiring.trains  # the resumed run had nothing left to train
+    first, resumed = wiring.trains  # epoch 1, then epoch 2 after the resume
     assert restore["path"] == last and restore["device"] == cpu
     assert restore["network"] == recipe.network
-    # the fresh run's own scaler gets the saved scale (not a new one that would skip updates)
-    assert restore["scaler"] is not trained["optimizer"].scaler
+    # the saved scale goes into the scaler the resumed run trains with, not a new one
+    assert restore["scaler"] is resumed["optimizer"].scaler
+    assert restore["scaler"] is not first["optimizer"].scaler
     assert isinstance(restore["scaler"], torch.amp.GradScaler) and restore["scaler"].is_enabled()
-    assert restore["scaler"].get_scale() == trained["optimizer"].scaler.get_scale()
 
 
 def test_every_train_flag_reaches_the_run_and_each_set_its_role(wiring, data_root, tmp_path, cpu,
@@ -452,6 +453,44 @@ def test_evaluate_command_scores_checkpoints_on_the_whole_test_set(wiring, data_
     [call] = wiring.evaluations
     assert torch.equal(images(call["loader"]), images(test_set))
     assert "on 10,000 images" in capsys.readouterr().out
+    assert [c["name"] for c in wiring.devices] == ["cpu"]  # --device reaches the evaluation
+
+
+def test_train_reports_the_best_epochs_checkpoint_not_the_last(wiring, data_root, tmp_path, cpu,
+                                                                monkeypatch):
+    """Validation scripted so that epoch 1 of 2 is the best: the report's best figures are those
+    of the best checkpoint, read back from its file, and its epoch is 1."""
+    real, scripted = helpers.evaluate, iter([(0.5, 0.9), (0.6, 0.4)])  # (loss, accuracy)
+
+    def validation_scripted(model, loader, loss_fn, device):
+        figures = real(model, loader, loss_fn, device)
+        return next(scripted, figures)  # the two validations, then the test set for real
+
+    monkeypatch.setattr(helpers, "evaluate", validation_scripted)
+    recipe = helpers.course_recipe(smoke=True, name="original-fast", epochs=2, test_size=300)
+    out = tmp_path / "mine.pt"
+    report = runs.train(recipe, cpu, data=data_root, runs=tmp_path / "runs", out=out,
+                        log=lambda line: None)
+    assert report["best_epoch"] == 1 and report["epochs"] == 2
+    assert report["test_images"] == 300 and report["train_images"] == SMOKE_SIZES["train_size"]
+    best, last = (helpers.load_checkpoint(path)[0] for path in (out, tmp_path / "mine-last.pt"))
+    assert helpers.read_checkpoint(out)["epoch"] == 1
+    test_loader = engine.make_eval_loader(recipe, helpers.load_datasets(recipe, data_root)[2], cpu)
+    for name, model in (("best", best), ("last", last)):
+        assert report[name][:2] == real(engine.evaluated(model, recipe, cpu), test_loader,
+                                        nn.CrossEntropyLoss(), cpu), name
+    assert report["best"][:2] != report["last"][:2]  # two different networks
+
+
+def test_train_stops_on_ctrl_c_instead_of_reporting_half_a_run(data_root, tmp_path, cpu,
+                                                             monkeypatch):
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C in the first epoch
+
+    monkeypatch.setattr(helpers, "train_one_epoch", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        runs.train(helpers.course_recipe(smoke=True, name="original-fast"), cpu, data=data_root,
+                   runs=tmp_path / "runs", out=tmp_path / "mine.pt", log=lambda line: None)
 
 
 # ---- What mutmut's survivors of machinery/runs.py showed untested -------------------------------
