@@ -83,6 +83,10 @@ def test_a_checkpoint_on_an_unmounted_drive_is_refused_and_no_folder_made(tmp_pa
         f"{path} is on Google Drive, which is not mounted: mount it first (stage 6's "
         f"checkpoint_folder(keep_on_drive=True) does)")
     assert not mount.exists()          # no local stand-in for Drive, lost with the runtime
+    mount.mkdir(parents=True)          # the mount point itself, left after an unmount
+    with pytest.raises(helpers.CheckpointError, match="which is not mounted"):
+        helpers.save_checkpoint(path, trained_a_little(), epoch=1)
+    assert list(mount.iterdir()) == []
     (mount / "MyDrive").mkdir(parents=True)   # what mounting Drive makes appear
     helpers.save_checkpoint(path, trained_a_little(), epoch=1)
     assert helpers.load_checkpoint(path)[1]["epoch"] == 1
@@ -279,6 +283,36 @@ def test_a_loaded_network_is_moved_to_the_device_asked(tmp_path):
     helpers.save_checkpoint(tmp_path / "model.pt", trained_a_little(), epoch=1)
     model, _ = helpers.load_checkpoint(tmp_path / "model.pt", "cpu", model=Moved())
     assert model.sent_to == ("cpu",)
+
+
+def test_ctrl_c_while_loading_stops_instead_of_calling_the_file_unreadable(tmp_path,
+                                                                             monkeypatch):
+    helpers.save_checkpoint(tmp_path / "model.pt", trained_a_little(), epoch=1)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # a slow load from Drive, stopped
+
+    monkeypatch.setattr(torch, "load", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        helpers.read_checkpoint(tmp_path / "model.pt")
+
+
+def test_a_subclass_of_a_course_network_is_your_own_network(tmp_path):
+    class Mine(helpers.FMnistCNN):
+        pass
+
+    helpers.save_checkpoint(tmp_path / "mine.pt", Mine(), epoch=1)
+    assert helpers.read_checkpoint(tmp_path / "mine.pt")["model"] is None
+    with pytest.raises(helpers.CheckpointError, match="pass a fresh one"):
+        helpers.load_checkpoint(tmp_path / "mine.pt")
+    assert type(helpers.load_checkpoint(tmp_path / "mine.pt", model=Mine())[0]) is Mine
+
+
+def test_what_a_checkpoint_says_leaves_the_weights_and_training_state_out(tmp_path):
+    helpers.save_checkpoint(tmp_path / "last.pt", trained_a_little(), epoch=2,
+                            training_state={"history": {}})
+    _, meta = helpers.load_checkpoint(tmp_path / "last.pt")
+    assert "state_dict" not in meta and "training_state" not in meta and meta["epoch"] == 2
 
 
 def test_missing_checkpoint(tmp_path):

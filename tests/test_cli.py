@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 import helpers
-from machinery import bench, cli, recipes, runs
+from machinery import bench, cli, engine, recipes, runs
 
 SMOKE_TEST_IMAGES = recipes.SMOKE_SIZES["test_size"]
 
@@ -138,6 +138,42 @@ def test_bad_input_exits_with_one_clear_line(args, message, capsys):
     assert message in stderr
     assert len(stderr.strip().splitlines()) == 1, stderr
     assert "Traceback" not in stderr
+
+
+def test_resuming_from_a_best_checkpoint_says_which_file_to_resume(tmp_path, capsys):
+    # a best checkpoint holds the recipe but no training state: the commonest wrong file
+    best = engine.save(tmp_path / "original.pt", helpers.build_model("original"),
+                       helpers.course_recipe(smoke=True), 3, {})
+    assert cli.main(["train", "--resume", str(best)]) == 1
+    assert capsys.readouterr().err == (f"error: {best} is not the last checkpoint of a run: "
+                                       f"nothing to resume\n")
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_the_device_is_the_gpu_when_there_is_one_unless_asked(command):
+    args = [command] + (["x.pt"] if command == "evaluate" else [])
+    assert cli.make_parser().parse_args(args).device == "auto"  # pick_device: a GPU if any
+
+
+def test_tqdm_disable_switches_the_progress_bars_off(monkeypatch):
+    class Terminal(io.StringIO):  # where a bar shows (off a terminal tqdm is off by itself)
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert not helpers.progress(range(3), "train").disable  # a bar
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # how stored outputs and CI runs are made
+    assert helpers.progress(range(3), "train").disable is True
+
+
+def test_fmnist_checkpoints_moves_where_the_course_keeps_checkpoints(tmp_path):
+    # read once, when the course is imported: a fresh interpreter, as a student's kernel is
+    env = {**os.environ, "FMNIST_CHECKPOINTS": str(tmp_path / "mine")}
+    where = subprocess.run([sys.executable, "-c", "from machinery import basics; "
+                            "print(basics.CHECKPOINTS)"], cwd=helpers.REPO_ROOT, env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert where == str(tmp_path / "mine")
 
 
 def test_help_names_the_program_and_says_what_it_is_for(capsys):

@@ -86,7 +86,8 @@ def test_local_copy_is_found_through_FMNIST_DATA(monkeypatch, tmp_path, data_roo
     copy.mkdir()
     for name in COURSE_SHA256:
         shutil.copy(data_root / "FashionMNIST" / "raw" / name, copy / name)
-    monkeypatch.setenv("FMNIST_DATA", str(copy))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("FMNIST_DATA", "~/my-copy")  # as people write it in a shell
     root = helpers.prepare_data(tmp_path / "data")
     for name, expected in COURSE_SHA256.items():
         assert dataset.sha256_of(root / "FashionMNIST" / "raw" / name) == expected

@@ -1,6 +1,7 @@
 """Stage 10's fast path: the data on the device gives the same batches as the DataLoader path,
 augmentation shifts and mirrors each image, and the runner trains with it through helpers'
 own train_one_epoch, in mixed precision where the hardware has it."""
+import itertools
 import math
 import warnings
 from dataclasses import replace
@@ -64,13 +65,15 @@ def test_an_epoch_shifts_images_both_ways_by_up_to_the_recipes_pixels(small_sets
                         or real(images, shifts, flips, pad))
     for shift in (1, 2):
         drawn.clear()
-        loader = DeviceLoader(train, 512, shuffle=True, generator=torch.Generator().manual_seed(0),
+        loader = DeviceLoader(train, 128, shuffle=True, generator=torch.Generator().manual_seed(0),
                               augment=True, shift=shift)
         assert sum(len(x) for x, _ in loader) == len(train)
         shifts = torch.cat([s for s, _ in drawn])  # crop offsets: pad + the move, 0..2*pad
         assert {pad for _, pad in drawn} == {shift}
         for axis in (0, 1):  # up and down, left and right, and every step between
             assert set(shifts[:, axis].tolist()) == set(range(2 * shift + 1)), (shift, axis)
+        first, second = drawn[0][0], drawn[1][0]  # each batch its own images' shifts
+        assert not torch.equal(first[:len(second)], second)
 
 
 def test_augmented_batches_differ_but_keep_their_labels(small_sets):
@@ -160,6 +163,20 @@ def test_time_to_accuracy_stops_at_the_first_epoch_that_reaches_the_target(small
     assert reached["reached"] and reached["epochs"] == 1 and reached["seconds"] > 0
     missed = bench.time_to_accuracy(settings, small_sets[0], small_sets[2], cpu, target=1.01)
     assert not missed["reached"] and missed["epochs"] == 3 and 0 <= missed["test_accuracy"] <= 1
+
+
+def test_time_to_accuracy_steps_through_the_gradient_scaler_in_fp16(small_sets, cpu,
+                                                                      monkeypatch):
+    monkeypatch.setattr(bench, "mixed_precision", lambda device: torch.float16)  # a T4's choice
+    stepped, real = [], helpers.train_one_epoch
+    monkeypatch.setattr(helpers, "train_one_epoch", lambda model, loader, loss_fn, optimizer,
+                        device: stepped.append(optimizer) or real(model, itertools.islice(
+                            loader, 2), loss_fn, optimizer, device))
+    settings = helpers.course_recipe(smoke=True, name="original-fast", epochs=1, batch_size=16)
+    test_set = helpers.first(small_sets[2], 64)
+    bench.time_to_accuracy(settings, small_sets[0], test_set, cpu, target=1.01)
+    _, timed = stepped  # the untimed warm-up step, then the epoch
+    assert isinstance(timed, engine.ScaledOptimizer) and timed.scaler.is_enabled()
 
 
 class SmallConvNet(nn.Module):

@@ -104,6 +104,8 @@ def test_files_that_are_not_photos_are_refused(tmp_path):
         helpers.load_photo(tmp_path / "cut.jpg")
     with pytest.raises(ValueError, match="no photo at"):
         helpers.load_photo(tmp_path / "nowhere.jpg")
+    with pytest.raises(ValueError, match="no photo at"):
+        helpers.load_photo(tmp_path)  # a folder
     Image.new("RGB", (64, 64), "white").save(tmp_path / "blank.png")
     with pytest.raises(ValueError, match="no garment found"):
         helpers.load_photo(tmp_path / "blank.png")

@@ -95,6 +95,14 @@ def test_fp16_scale_carries_over_between_epochs_and_into_the_last_checkpoint(
     resume.restore_training(tmp_path / "last.pt", loud_network, model, optimizer, scheduler, None,
                             loader, cpu, fresh, log=lambda line: None)
     assert fresh.get_scale() == scalers[0].get_scale()
+    # a last checkpoint saved before the scale was kept: resumed, with a fresh scale
+    payload = torch.load(tmp_path / "last.pt", weights_only=True)
+    del payload["training_state"]["scaler"]
+    torch.save(payload, tmp_path / "older.pt")
+    older = torch.amp.GradScaler("cpu")
+    resume.restore_training(tmp_path / "older.pt", loud_network, model, optimizer, scheduler, None,
+                            loader, cpu, older, log=lambda line: None)
+    assert older.get_scale() == 2.0 ** 16
 
 
 def test_resume_needs_a_last_checkpoint(small_sets, small_recipe, tmp_path):
@@ -195,17 +203,20 @@ def test_resuming_a_run_that_stopped_early_trains_no_more(small_sets, small_reci
                      f"nothing left to do"]
 
 
-def test_a_one_cycle_run_refuses_to_be_resumed_for_more_epochs(small_sets, tmp_path):
+def test_a_one_cycle_run_refuses_to_be_resumed_for_another_length(small_sets, tmp_path):
     """One-cycle plans its whole length up front: stretching it on resume would crash mid-run
-    (PyTorch: 'Tried to step 3 times'), so the runner says so before training."""
+    (PyTorch: 'Tried to step 3 times'), and shortening it would stop mid-schedule, so the runner
+    says so before training."""
     train_set, valid_set, _ = small_sets
-    recipe = helpers.course_recipe(smoke=True, name="original-fast", epochs=1, batch_size=128)
+    recipe = helpers.course_recipe(smoke=True, name="original-fast", epochs=2, batch_size=128)
     sets = helpers.first(train_set, 256), helpers.first(valid_set, 128)
     run = dict(run_dir=tmp_path / "run", last_path=tmp_path / "last.pt", log=lambda line: None)
     engine.train_run(recipe, *sets, torch.device("cpu"), **run)
-    with pytest.raises(helpers.CourseError, match="one-cycle run of 1 epochs: its schedule ends"):
-        engine.train_run(replace(recipe, epochs=2), *sets, torch.device("cpu"),
-                         resume=tmp_path / "last.pt", **run)
+    for epochs in (3, 1):  # longer, shorter
+        with pytest.raises(helpers.CourseError,
+                           match="one-cycle run of 2 epochs: its schedule ends there"):
+            engine.train_run(replace(recipe, epochs=epochs), *sets, torch.device("cpu"),
+                             resume=tmp_path / "last.pt", **run)
 
 
 # ---- The pieces of resume, one by one (mutmut's survivors of machinery/resume.py) ----------------
@@ -259,7 +270,6 @@ def test_generators_come_back_exactly():
     again = draw_from_every_generator(loader)
     assert torch.equal(drawn[0], again[0]) and drawn[1] == again[1]
     assert np.array_equal(drawn[2], again[2]) and torch.equal(drawn[3], again[3])
-    assert np.random.get_state()[1].dtype == np.uint32
 
     # a loader without a generator of its own: nothing saved, nothing put back
     assert resume.rng_state(SimpleNamespace(generator=None))["loader"] is None

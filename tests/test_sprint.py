@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn as nn
 
 import helpers
 from machinery import bench, cli, engine, fast_path, runs
@@ -42,6 +43,16 @@ def test_each_block_of_the_sprint_network_gives_the_shape_its_comment_says_after
                 assert x.min() >= 0 and x.max() > 0, f"block {i}"
     assert shapes == [(16, 14, 14), (64, 7, 7), (64, 7, 7), (128, 3, 3), (128, 3, 3),
                       (128, 1, 1), (128,)]
+
+
+def test_the_sprint_network_pools_before_it_normalises_and_ends_in_a_max():
+    """The design notebook 11 times: a pooled block's BatchNorm and ReLU touch a quarter of the
+    values (airbench's order), and the features end in a global max, as the improved network's."""
+    kinds = [[type(layer) for layer in block] if isinstance(block, nn.Sequential) else type(block)
+             for block in helpers.build_model("sprint").features]
+    pooled = [nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, nn.ReLU]
+    plain = [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
+    assert kinds == [pooled, pooled, plain, pooled, plain, nn.AdaptiveMaxPool2d, nn.Flatten]
 
 
 def test_the_sprint_recipe_declares_what_the_notebook_says():
@@ -149,6 +160,9 @@ def test_a_gpu_evaluates_in_fp32_whatever_the_recipe_trains_in(name):
 def test_a_checkpoint_whose_recipe_cannot_be_read_gets_an_error_naming_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="old.pt: its recorded recipe cannot be read"):
         runs.checkpoint_recipe(tmp_path / "old.pt", {"settings": {"name": "x", "warp": 9}})
+    with pytest.raises(CheckpointError, match="old.pt: its recorded recipe cannot be read"):
+        runs.checkpoint_recipe(tmp_path / "old.pt",
+                               {"settings": {"name": "x", "optimizer": "lion"}})  # a bad value
     assert runs.checkpoint_recipe(tmp_path / "old.pt", {"settings": None}) is None
 
 
@@ -237,6 +251,14 @@ def test_sprint_run_reads_the_test_set_once_as_its_recipe_evaluates(data_root, c
     assert result["test_accuracy"] == pytest.approx(real(tested, engine.make_eval_loader(
         recipe, helpers.load_datasets(recipe, data_root)[2], cpu), torch.nn.CrossEntropyLoss(),
         cpu)[1], abs=1e-4)
+
+
+def test_sprint_run_reports_its_last_epoch_not_its_best(data_root, cpu, monkeypatch):
+    real, scripted = helpers.evaluate, iter([(0.5, 0.9), (0.6, 0.4)])  # (loss, accuracy)
+    monkeypatch.setattr(helpers, "evaluate", lambda *args: next(scripted, None) or real(*args))
+    recipe = replace(helpers.course_recipe(smoke=True, name="sprint"), epochs=2)
+    result, _ = bench.sprint_run(recipe, cpu, data_root, test=False)
+    assert result["valid_accuracy"] == 0.4  # a fixed-length recipe delivers its last epoch
 
 
 def test_sprint_run_stops_at_validation_while_a_recipe_is_being_chosen(data_root, cpu):

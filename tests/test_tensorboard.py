@@ -193,6 +193,17 @@ def test_logging_every_panel_leaves_the_training_as_it_was(small_sets, small_rec
         assert torch.equal(a, b), name
 
 
+def test_the_summary_reads_the_network_in_eval_mode(small_sets):
+    # e.g. a finished run resumed with nothing left to train: a fresh network, in train mode
+    torch.manual_seed(0)
+    model = helpers.build_model("original").train()
+    loader = helpers.make_loader(small_sets[1], 100)
+    outputs = tensorboard_panels.validation_outputs(model, loader, torch.device("cpu"))
+    with torch.no_grad():
+        expected = torch.cat([model.eval()(images) for images, _ in loader])
+    assert torch.equal(outputs["logits"], expected)  # BatchNorm's running statistics, no dropout
+
+
 @pytest.mark.parametrize("best", [1, None], ids=["best weights", "no best weights"])
 def test_the_summary_shows_the_best_weights_mistakes_and_features(best, small_sets, small_recipe,
                                                                    tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, RandomSampler, Subset
 
 import helpers
@@ -253,6 +254,11 @@ def test_the_hardware_precision_reaches_the_training_step_on_the_fast_path_only(
     model, _, _ = engine.train_run(recipe, *small_sets[:2], cpu, run_dir=tmp_path / "run",
                                    log=lambda line: None)
     [call] = wiring.trains
+    # the Histograms tab names the network's own parameters, whatever wraps it for training
+    events = EventAccumulator(str(tmp_path / "run"), size_guidance={"histograms": 0})
+    histograms = set(events.Reload().Tags()["histograms"])
+    assert histograms >= {f"weights/{name}" for name, _ in model.named_parameters()}
+    assert not any(".model." in tag or "/model." in tag for tag in histograms)
     if not fast:  # the original path never changes precision
         assert call["model"] is model and isinstance(call["optimizer"], torch.optim.Adam)
         return
@@ -480,6 +486,21 @@ def test_train_reports_the_best_epochs_checkpoint_not_the_last(wiring, data_root
         assert report[name][:2] == real(engine.evaluated(model, recipe, cpu), test_loader,
                                         nn.CrossEntropyLoss(), cpu), name
     assert report["best"][:2] != report["last"][:2]  # two different networks
+
+
+def test_train_reports_the_epochs_a_run_stopped_early_at(wiring, data_root, tmp_path, cpu,
+                                                        monkeypatch):
+    real, scripted = helpers.evaluate, iter([(0.5, 0.3), (0.6, 0.2)])  # the loss rises: stop
+
+    def validation_scripted(model, loader, loss_fn, device):
+        figures = real(model, loader, loss_fn, device)
+        return next(scripted, figures)
+
+    monkeypatch.setattr(helpers, "evaluate", validation_scripted)
+    recipe = helpers.course_recipe(smoke=True, epochs=6, stop_patience=1)
+    report = runs.train(recipe, cpu, data=data_root, runs=tmp_path / "runs",
+                        out=tmp_path / "mine.pt", log=lambda line: None)
+    assert report["epochs"] == 2 and report["stopped_early"] and report["best_epoch"] == 1
 
 
 def test_train_stops_on_ctrl_c_instead_of_reporting_half_a_run(data_root, tmp_path, cpu,
