@@ -198,6 +198,9 @@ def test_other_objects_are_refused(tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(helpers.CheckpointError, match="holds a list, not a course checkpoint"):
         helpers.load_checkpoint(tmp_path / "list.pt")
+    torch.save({"w": torch.zeros(1), "epoch": 3}, tmp_path / "mixed.pt")  # not a state_dict
+    with pytest.raises(helpers.CheckpointError, match="holds a dict, not a course checkpoint"):
+        helpers.load_checkpoint(tmp_path / "mixed.pt")
 
 
 def test_another_architecture_is_refused_with_the_mismatch(tmp_path):

@@ -1,4 +1,5 @@
 """The command line: `python helpers.py train | evaluate`, and one clear line on bad input."""
+import argparse
 import fcntl
 import io
 import json
@@ -110,6 +111,15 @@ def test_train_prints_what_the_run_reports(flags, report, printed, monkeypatch, 
     assert capsys.readouterr().out == printed
 
 
+def test_a_count_below_one_is_refused_before_anything_runs():
+    # `--epochs 0` let through would start a run of the recipe's own length
+    for text, message in (("0", "must be at least 1, got 0"), ("-3", "must be at least 1, got -3"),
+                          ("1.5", "'1.5' is not a whole number")):
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(message)):
+            cli.positive_int(text)
+    assert cli.positive_int("1") == 1
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "--epochs", "0"], "argument --epochs: must be at least 1"),
     (["train", "--batch-size", "sixteen"],
@@ -127,7 +137,11 @@ def test_train_prints_what_the_run_reports(flags, report, printed, monkeypatch, 
     (["train", "--resume", "x-last.pt", "--recipe", "sprint", "--smoke", "--final-fit"],
      "a resumed run keeps its recipe: final_fit, recipe, smoke cannot change"),
 ])
-def test_bad_input_exits_with_one_clear_line(args, message, capsys):
+def test_bad_input_exits_with_one_clear_line(args, message, capsys, monkeypatch):
+    def trained(*args, **kwargs):  # a bad input let through fails here, not after a whole run
+        raise AssertionError("the command trained instead of refusing its input")
+
+    monkeypatch.setattr(runs, "train", trained)
     # in-process (the same main() that `python helpers.py` runs): no interpreter start per case
     try:
         status = cli.main(args)

@@ -125,6 +125,13 @@ def test_a_gpu_gets_bf16_from_ampere_on_and_fp16_before(capability, precision, m
     assert fast_path.mixed_precision(torch.device("cuda"), cpu_bf16=True) == precision
 
 
+def test_images_per_second_counts_images_not_batches(small_sets, cpu, monkeypatch):
+    clock = iter([10.0, 12.0])  # the timed pass: 2 seconds
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    loader = helpers.make_loader(helpers.first(small_sets[0], 64), 16)  # 4 batches of 16
+    assert bench.images_per_second(helpers.build_model("original"), loader, cpu) == 64 / 2
+
+
 def test_bench_reports_both_paths_side_by_side(data_root, monkeypatch):
     timed = []
     real = bench.images_per_second

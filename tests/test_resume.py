@@ -335,6 +335,19 @@ def test_restore_names_the_file_whose_weights_do_not_fit(last_checkpoint, small_
                                 SimpleNamespace(generator=None), "cpu", log=lambda line: None)
 
 
+def test_restore_says_when_a_part_of_the_training_state_is_missing(last_checkpoint,
+                                                                    small_recipe):
+    payload = torch.load(last_checkpoint, weights_only=True)
+    del payload["training_state"]["scheduler"]  # e.g. a hand-edited or foreign file
+    torch.save(payload, last_checkpoint)
+    model, optimizer, scheduler = fresh_objects(small_recipe)
+    with pytest.raises(helpers.CheckpointError) as error:
+        resume.restore_training(last_checkpoint, "original", model, optimizer, scheduler, None,
+                                SimpleNamespace(generator=None), "cpu", log=lambda line: None)
+    assert str(error.value) == (f"{last_checkpoint}: its optimizer or scheduler state does not "
+                                f"fit this run ('scheduler')")
+
+
 def test_restore_says_when_the_optimizer_state_does_not_fit(last_checkpoint, small_recipe):
     model = helpers.build_model("original")
     optimizer = torch.optim.Adam([model.linear2.bias])  # one parameter group, one parameter

@@ -254,6 +254,8 @@ def test_pick_device_says_what_is_missing_and_what_to_use(monkeypatch):
     assert helpers.pick_device("auto") == torch.device("cpu")
     for name, message in (
             ("cuda", "device 'cuda' asked for, but this machine has no CUDA GPU: use cpu or auto"),
+            ("cuda:0",
+             "device 'cuda:0' asked for, but this machine has no CUDA GPU: use cpu or auto"),
             ("mps", "device 'mps' asked for, but MPS is not available here: use cpu or auto"),
             ("meta", "unsupported device 'meta': use auto, cpu, cuda, cuda:N or mps")):
         with pytest.raises(ValueError) as error:
