@@ -52,7 +52,9 @@ $(STAMP): requirements.txt
 # FMNIST_SMOKE=1 make train: a check of the whole chain in seconds (17 s on a 2-core Xeon, .venv
 # already set up); helpers.py train then writes checkpoints/original-smoke.pt, so that is the one
 # to evaluate; FMNIST_CHECKPOINTS moves the folder, as it does for helpers.py train
-BEST = $(or $(FMNIST_CHECKPOINTS),checkpoints)/original$(if $(filter-out 0 false no,$(strip $(FMNIST_SMOKE))),-smoke).pt
+CHECKPOINT_DIR = $(or $(FMNIST_CHECKPOINTS),checkpoints)
+SMOKE_SUFFIX = $(if $(filter-out 0 false no,$(strip $(FMNIST_SMOKE))),-smoke)
+BEST = $(CHECKPOINT_DIR)/original$(SMOKE_SUFFIX).pt
 
 train: $(STAMP)
 	$(PY) helpers.py train

@@ -67,10 +67,10 @@ def copy_decompressed(src: Path, dest: Path) -> None:
                 raise DatasetError(f"{src} is not the original Fashion-MNIST file (SHA-256 "
                                    f"mismatch): replace it with a good copy, or " + HOW_TO_GET_DATA)
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:  # zlib: bad deflate data
-        if isinstance(e, PermissionError) and str(e.filename) == str(src):
-            raise DatasetError(f"cannot read {src}: give yourself read permission on it, or "
-                               + HOW_TO_GET_DATA) from None
-        if isinstance(e, PermissionError):
+        if isinstance(e, PermissionError):  # reading the source, or writing the copy
+            if str(e.filename) == str(src):
+                raise DatasetError(f"cannot read {src}: give yourself read permission on it, or "
+                                   + HOW_TO_GET_DATA) from None
             raise DatasetError(f"cannot write {dest}: choose a writable data folder "
                                f"({e.strerror})") from None
         raise DatasetError(f"{src} is truncated or corrupt ({e}): replace it with a good copy, or "
