@@ -462,17 +462,23 @@ def test_evaluate_command_scores_checkpoints_on_the_whole_test_set(wiring, data_
     assert [c["name"] for c in wiring.devices] == ["cpu"]  # --device reaches the evaluation
 
 
+def script_validation(monkeypatch, figures: list[tuple[float, float]]):
+    """helpers.evaluate answers the first calls with `figures` (loss, accuracy), one per epoch's
+    validation, and the later ones (the test set) for real; returns the real evaluate."""
+    real, scripted = helpers.evaluate, iter(figures)
+
+    def validation_scripted(model, loader, loss_fn, device):
+        return next(scripted, None) or real(model, loader, loss_fn, device)
+
+    monkeypatch.setattr(helpers, "evaluate", validation_scripted)
+    return real
+
+
 def test_train_reports_the_best_epochs_checkpoint_not_the_last(wiring, data_root, tmp_path, cpu,
                                                                 monkeypatch):
     """Validation scripted so that epoch 1 of 2 is the best: the report's best figures are those
     of the best checkpoint, read back from its file, and its epoch is 1."""
-    real, scripted = helpers.evaluate, iter([(0.5, 0.9), (0.6, 0.4)])  # (loss, accuracy)
-
-    def validation_scripted(model, loader, loss_fn, device):
-        figures = real(model, loader, loss_fn, device)
-        return next(scripted, figures)  # the two validations, then the test set for real
-
-    monkeypatch.setattr(helpers, "evaluate", validation_scripted)
+    real = script_validation(monkeypatch, [(0.5, 0.9), (0.6, 0.4)])
     recipe = helpers.course_recipe(smoke=True, name="original-fast", epochs=2, test_size=300)
     out = tmp_path / "mine.pt"
     report = runs.train(recipe, cpu, data=data_root, runs=tmp_path / "runs", out=out,
@@ -490,13 +496,7 @@ def test_train_reports_the_best_epochs_checkpoint_not_the_last(wiring, data_root
 
 def test_train_reports_the_epochs_a_run_stopped_early_at(wiring, data_root, tmp_path, cpu,
                                                         monkeypatch):
-    real, scripted = helpers.evaluate, iter([(0.5, 0.3), (0.6, 0.2)])  # the loss rises: stop
-
-    def validation_scripted(model, loader, loss_fn, device):
-        figures = real(model, loader, loss_fn, device)
-        return next(scripted, figures)
-
-    monkeypatch.setattr(helpers, "evaluate", validation_scripted)
+    script_validation(monkeypatch, [(0.5, 0.3), (0.6, 0.2)])  # the loss rises: stop
     recipe = helpers.course_recipe(smoke=True, epochs=6, stop_patience=1)
     report = runs.train(recipe, cpu, data=data_root, runs=tmp_path / "runs",
                         out=tmp_path / "mine.pt", log=lambda line: None)
