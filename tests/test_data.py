@@ -184,6 +184,14 @@ def test_loaders_have_the_course_lengths(data_root):
     assert [len(loader) for loader in loaders] == [3125, 625, 625]
     images, labels = next(iter(loaders[0]))
     assert images.shape == (16, 1, 28, 28) and labels.shape == (16,)
+    # In-memory images: worker processes would only compete with training for Colab's 2 cores.
+    assert {loader.num_workers for loader in loaders} == {0}
+
+
+def test_first_keeps_a_whole_dataset_as_it_is(data_root):
+    _, _, test = helpers.load_datasets(helpers.course_recipe(smoke=False), root=data_root)
+    assert helpers.first(test, len(test)) is test  # still a FashionMNIST: .classes, .targets
+    assert len(helpers.first(test, len(test) - 1)) == len(test) - 1
 
 
 def test_the_course_split_is_pinned_by_a_fingerprint():

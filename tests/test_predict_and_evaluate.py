@@ -123,6 +123,12 @@ def test_confusion_matrix_and_most_confused_pairs():
     assert helpers.most_confused(matrix, k=5) == pairs  # three mistakes made: no zero counts
 
 
+def test_most_confused_lists_five_pairs_unless_asked_otherwise():
+    labels = torch.arange(10).repeat_interleave(2)
+    predictions = (labels + 1) % 10  # ten different mistakes
+    assert len(helpers.most_confused(helpers.confusion_matrix(labels, predictions))) == 5
+
+
 def test_predict_all_gives_the_true_labels_then_the_predictions(small_sets, cpu):
     class AlwaysBag(torch.nn.Module):
         def forward(self, images):

@@ -1,4 +1,5 @@
 """Stages 5-6: the loop, on real images: it learns, logs to TensorBoard, checkpoints, stops."""
+import inspect
 import itertools
 import os
 from dataclasses import replace
@@ -266,3 +267,68 @@ def test_pick_device_says_what_is_missing_and_what_to_use(monkeypatch):
 def test_a_checkpoint_outside_the_course_folders_is_named_by_its_whole_path(tmp_path):
     path = tmp_path / "somewhere" / "mine.pt"
     assert helpers.describe_checkpoint(path) == str(path)
+
+
+def scripted_fit(valid_accuracies, epochs, tmp_path, monkeypatch, clock=None):
+    """helpers.fit's bookkeeping alone: training and validation replaced by scripted figures (the
+    validation loss falls every epoch, so nothing stops early), each call's device recorded."""
+    devices = []
+    losses = iter([1.0 - epoch / 100 for epoch in range(epochs)])
+    accuracies = iter(valid_accuracies)
+
+    def train_one_epoch(model, loader, loss_fn, optimizer, device):
+        devices.append(("train", device))
+        return 0.5
+
+    def evaluate(model, loader, loss_fn, device):
+        devices.append(("evaluate", device))
+        return next(losses), next(accuracies)
+
+    monkeypatch.setattr(helpers, "train_one_epoch", train_one_epoch)
+    monkeypatch.setattr(helpers, "evaluate", evaluate)
+    if clock is not None:
+        monkeypatch.setattr(helpers, "time", SimpleNamespace(perf_counter=clock))
+    saved = []
+    monkeypatch.setattr(helpers, "save_checkpoint",
+                        lambda path, model, epoch, metrics: saved.append(epoch))
+    model = nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+    lines = []
+    history = helpers.fit(model, [], [], nn.CrossEntropyLoss(), optimizer, scheduler,
+                          torch.device("cpu"), epochs=epochs, best_path=tmp_path / "best.pt",
+                          log=lines.append)
+    return history, saved, devices, lines
+
+
+def test_fit_keeps_the_earlier_epoch_of_a_tie_even_when_it_is_the_first(tmp_path, monkeypatch):
+    history, saved, _, _ = scripted_fit([0.7, 0.7, 0.6, 0.8], 4, tmp_path, monkeypatch)
+    assert history.best_epoch == 4 and saved == [1, 4]  # epoch 2 only ties epoch 1
+    history, saved, _, _ = scripted_fit([0.7, 0.7, 0.6], 3, tmp_path, monkeypatch)
+    assert history.best_epoch == 1 and saved == [1]
+
+
+def test_fit_trains_and_validates_on_the_device_it_is_given(tmp_path, monkeypatch):
+    _, _, devices, _ = scripted_fit([0.5, 0.6], 2, tmp_path, monkeypatch)
+    assert devices == [("train", torch.device("cpu")), ("evaluate", torch.device("cpu"))] * 2
+
+
+def test_fit_times_each_epoch_and_estimates_the_minutes_left(tmp_path, monkeypatch):
+    clock = itertools.count(start=50_000.0, step=300.0)  # every epoch takes exactly 300 s
+    history, _, _, lines = scripted_fit([0.5] * 10, 10, tmp_path, monkeypatch,
+                                        clock=lambda: next(clock))
+    assert history.seconds == [300.0] * 10
+    assert "300.0 s  (~45 min left)" in lines[0]  # 9 epochs of 300 s
+    assert "(~5 min left)" in lines[-2] and "(~0 min left)" in lines[-1]
+
+
+def test_early_stopping_counts_a_diverged_run_from_its_first_epoch():
+    # A NaN loss is never an improvement: a run that diverges at once stops after `patience`.
+    stopper = helpers.EarlyStopping(patience=2)
+    assert [stopper.step(float("nan")) for _ in range(2)] == [False, True]
+
+
+def test_fit_and_early_stopping_default_to_the_original_patience():
+    patience = helpers.course_recipe().stop_patience  # the original notebook's 7
+    assert helpers.EarlyStopping().patience == patience
+    assert inspect.signature(helpers.fit).parameters["patience"].default == patience
