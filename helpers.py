@@ -10,13 +10,16 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader, Dataset, Subset, random_split
+from torch.utils.tensorboard import SummaryWriter
 from torchvision import datasets, transforms
 
 from machinery.basics import (  # noqa: F401  (names the notebooks import from here)
@@ -138,9 +141,9 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer,
-                   recipe: Recipe) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+                   recipe: Recipe) -> ReduceLROnPlateau:
     """ReduceLROnPlateau on the validation loss (no verbose=: removed in torch 2.7)."""
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+    return ReduceLROnPlateau(
         optimizer, mode="min", factor=recipe.lr_factor, patience=recipe.lr_patience)
 
 
@@ -153,7 +156,7 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
 # Notebook 6 writes train_one_epoch, evaluate, EarlyStopping and fit as they are here, without
 # the type hints (tests/test_notebooks.py compares the code).
 
-def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module,
+def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module,
                     optimizer: torch.optim.Optimizer, device: torch.device) -> float:
     """One pass over the training data; returns the mean loss per image."""
     model.train()                                  # dropout on; BatchNorm: each batch's statistics
@@ -170,7 +173,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module,
 
 
 @torch.no_grad()                                   # no gradients: faster, less memory
-def evaluate(model: nn.Module, loader, loss_fn: nn.Module,
+def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module,
              device: torch.device) -> tuple[float, float]:
     """Mean loss per image and accuracy (0-1) on images the network does not learn from."""
     model.eval()                                   # BatchNorm's running statistics, dropout off
@@ -214,6 +217,7 @@ class History:
 
     @property
     def epochs(self) -> int:
+        """How many epochs the run has recorded."""
         return len(self.train_loss)
 
     def record(self, **figures: float) -> None:
@@ -228,10 +232,11 @@ def save_checkpoint(path: Path | str, model: nn.Module, **about) -> Path:
     return write_atomically(payload, path)  # a crash mid-write never leaves half a file at `path`
 
 
-def fit(model: nn.Module, train_loader, valid_loader, loss_fn: nn.Module,
-        optimizer: torch.optim.Optimizer, scheduler, device: torch.device, *, epochs: int,
-        best_path: Path | str | None = None, writer=None, patience: int = 7,
-        log=print) -> History:
+def fit(model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader,
+        loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scheduler: ReduceLROnPlateau,
+        device: torch.device, *, epochs: int, best_path: Path | str | None = None,
+        writer: SummaryWriter | None = None, patience: int = 7,
+        log: Callable[[str], None] = print) -> History:
     """Train for up to `epochs` epochs: validate, log, keep the best, slow down, stop early."""
     history, early_stopping = History(), EarlyStopping(patience)
     for epoch in range(1, epochs + 1):
@@ -269,7 +274,7 @@ def fit(model: nn.Module, train_loader, valid_loader, loss_fn: nn.Module,
     return history
 
 
-# ---- Stages 7 and 8 -- Prediction and evaluation -------------------------------------------------
+# ---- Stage 7 -- Prediction: classes, probabilities, and what the network sees --------------------
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor,
@@ -278,27 +283,6 @@ def predict(model: nn.Module, images: torch.Tensor,
     model.eval()
     probabilities = torch.softmax(model(as_image_batch(images).to(device)), dim=1).cpu()
     return probabilities.argmax(dim=1), probabilities
-
-
-@torch.no_grad()
-def predict_all(model: nn.Module, loader: DataLoader,
-                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """True labels and predicted classes for every image of a loader (on the CPU)."""
-    model.eval()
-    labels, predictions = [], []
-    for images, batch_labels in loader:
-        predictions.append(model(images.to(device)).argmax(dim=1).cpu())
-        labels.append(batch_labels.cpu())  # the fast path's labels live on the device
-    return torch.cat(labels), torch.cat(predictions)
-
-
-# Notebook 8 writes sign_test as it is here, without the type hints.
-
-def sign_test(a_only: int, b_only: int) -> float:
-    """Two-sided exact sign test: how often a fair coin splits a_only + b_only images at least
-    this unevenly."""
-    n, k = a_only + b_only, min(a_only, b_only)
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
 
 
 # Notebook 7 writes feature_maps and occlusion_map as they are here, without the type hints.
@@ -343,6 +327,29 @@ def occlusion_map(model: nn.Module, image: torch.Tensor, target: int, patch: int
         drop[y:y + patch, x:x + patch] += fall
         count[y:y + patch, x:x + patch] += 1
     return drop / count
+
+
+# ---- Stage 8 -- Evaluation: the whole test set, the mistakes, paired comparisons -----------------
+
+@torch.no_grad()
+def predict_all(model: nn.Module, loader: DataLoader,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """True labels and predicted classes for every image of a loader (on the CPU)."""
+    model.eval()
+    labels, predictions = [], []
+    for images, batch_labels in loader:
+        predictions.append(model(images.to(device)).argmax(dim=1).cpu())
+        labels.append(batch_labels.cpu())  # the fast path's labels live on the device
+    return torch.cat(labels), torch.cat(predictions)
+
+
+# Notebook 8 writes sign_test as it is here, without the type hints.
+
+def sign_test(a_only: int, b_only: int) -> float:
+    """Two-sided exact sign test: how often a fair coin splits a_only + b_only images at least
+    this unevenly."""
+    n, k = a_only + b_only, min(a_only, b_only)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
 
 
 def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor,
