@@ -13,13 +13,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader, Dataset, Subset, random_split
-from torch.utils.tensorboard import SummaryWriter
 from torchvision import datasets, transforms
 
 from machinery.basics import (  # noqa: F401  (names the notebooks import from here)
@@ -35,6 +35,9 @@ from machinery.photos import as_image_batch, load_photo  # noqa: F401
 from machinery.recipes import (  # noqa: F401
     RECIPES, Recipe, checkpoint_paths, course_recipe, run_name)
 from machinery.tensorboard_log import plot_runs, read_scalars  # noqa: F401
+
+if TYPE_CHECKING:  # the type hint only: importing helpers never loads TensorBoard's writer
+    from torch.utils.tensorboard import SummaryWriter
 
 
 # ---- Stages 1-3 -- Data: the real Fashion-MNIST, a seeded validation split, mini-batches ---------
