@@ -223,3 +223,34 @@ def test_a_reference_records_the_machine_its_checkpoint_trained_on(tmp_path, mon
     assert helpers.read_checkpoint(shipped)["reference"]["machine"] == trained_on
     assert helpers.read_checkpoint(shipped)["machine"] == trained_on
     assert helpers.read_checkpoint(shipped)["torch_version"] == "2.11.0+cu130"  # the trainer's
+
+
+def test_the_flip_tool_counts_on_the_validation_images_it_is_given(small_sets, cpu):
+    from machinery.tools import trials
+    _, valid_set, _ = small_sets
+    checkpoint = helpers.REFERENCE / "improved.pt"
+    counted = trials.flip_count(checkpoint, valid_set, cpu)
+    model, _ = helpers.load_checkpoint(checkpoint, cpu)
+    images = torch.stack([image for image, _ in valid_set])
+    labels = torch.tensor([label for _, label in valid_set])
+    with torch.no_grad():
+        plain = model(images).argmax(1) == labels
+        flipped = ((model(images) + model(images.flip(3))) / 2).argmax(1) == labels
+    assert counted["valid_images"] == len(valid_set) == 256
+    assert counted["valid_accuracy"] == pytest.approx(plain.float().mean().item())
+    assert counted["valid_accuracy_flip"] == pytest.approx(flipped.float().mean().item())
+    assert counted["fixed"] == int((flipped & ~plain).sum())
+    assert counted["broken"] == int((plain & ~flipped).sum())
+    assert counted["p"] == helpers.sign_test(counted["fixed"], counted["broken"])
+    assert counted["keep_flip"] == (counted["fixed"] > counted["broken"] and counted["p"] < 0.05)
+
+
+def test_the_flip_command_hands_over_the_validation_split(monkeypatch, capsys):
+    from machinery.tools import cli, trials
+    seen = []
+    monkeypatch.setattr(trials, "flip_count",
+                        lambda checkpoint, valid_set, device: seen.append(valid_set) or {"n": 1})
+    assert cli.main(["flip", "reference/improved.pt", "reference/accurate.pt"]) == 0
+    _, valid_set, _ = helpers.load_datasets(helpers.course_recipe(smoke=False))
+    assert len(seen) == 2 and list(seen[0].indices) == list(valid_set.indices)
+    assert capsys.readouterr().out.splitlines() == ['{"n": 1}'] * 2

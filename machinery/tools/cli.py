@@ -100,6 +100,16 @@ def run_trial(args) -> int:
     return 0
 
 
+def run_flip(args) -> int:
+    import helpers
+    from .trials import flip_count
+    device = helpers.pick_device()
+    _, valid_set, _ = helpers.load_datasets(helpers.course_recipe(smoke=False))  # never the test
+    for checkpoint in args.checkpoints:
+        print(json.dumps(flip_count(checkpoint, valid_set, device)))
+    return 0
+
+
 def run_study(args) -> int:
     from .study import study
     print(json.dumps(study(args.out, args.workers, args.minutes, args.smoke)))
@@ -182,6 +192,10 @@ def make_parser() -> argparse.ArgumentParser:
     trial.add_argument("--smoke", action="store_true", help="a few thousand images, 2 epochs")
     trial.add_argument("--out", type=Path, help="checkpoints and runs under this folder")
     trial.set_defaults(run=run_trial)
+    flip = commands.add_parser("flip", help="flip test-time augmentation against none, counted "
+                               "image by image on the validation split (never the test set)")
+    flip.add_argument("checkpoints", type=Path, nargs="+", metavar="CHECKPOINT")
+    flip.set_defaults(run=run_flip)
     study = commands.add_parser("study", help="the accuracy recipe's study: candidates x 3 "
                                 "seeds, chosen on validation; test read once, for the chosen")
     study_options(study, "checkpoints/study", "checkpoints, runs.jsonl and study.json go here")

@@ -89,3 +89,25 @@ def trial(recipe: str, overrides: dict, smoke: bool | None = None, out: Path | N
             "minutes": round(minutes, 1), "last_checkpoint": str(last_path),
             "machine": helpers.machine()}
 
+
+
+def flip_count(checkpoint: Path, valid_set, device: torch.device) -> dict:
+    """Flip test-time augmentation against none for a trained network, on the validation images
+    alone: each version's accuracy, the images the flip fixes and breaks, and the sign test.
+    The rule notebook 10 applies: keep the flip only if it fixes more than it breaks, p < 0.05."""
+    model, meta = helpers.load_checkpoint(checkpoint, device)
+    recipe = helpers.Recipe.from_dict(meta["settings"]) if meta.get("settings") else None
+    loader = (engine.make_eval_loader(recipe, valid_set, device) if recipe
+              else helpers.make_loader(valid_set, 1000, device=device))
+    right = {}
+    for name, network in (("none", model), ("flip", engine.FlipTTA(model))):
+        labels, predictions = helpers.predict_all(network, loader, device)
+        right[name] = predictions == labels
+    fixed = int((right["flip"] & ~right["none"]).sum())
+    broken = int((right["none"] & ~right["flip"]).sum())
+    p = helpers.sign_test(fixed, broken)
+    return {"checkpoint": str(checkpoint), "valid_images": len(valid_set),
+            "valid_accuracy": float(right["none"].float().mean()),
+            "valid_accuracy_flip": float(right["flip"].float().mean()),
+            "fixed": fixed, "broken": broken, "p": p, "keep_flip": fixed > broken and p < 0.05,
+            "machine": helpers.machine()}
