@@ -96,11 +96,12 @@ def flip_count(checkpoint: Path, valid_set, device: torch.device) -> dict:
     alone: each version's accuracy, the images the flip fixes and breaks, and the sign test.
     The rule notebook 10 applies: keep the flip only if it fixes more than it breaks, p < 0.05."""
     model, meta = helpers.load_checkpoint(checkpoint, device)
-    recipe = helpers.Recipe.from_dict(meta["settings"]) if meta.get("settings") else None
-    loader = (engine.make_eval_loader(recipe, valid_set, device) if recipe
-              else helpers.make_loader(valid_set, 1000, device=device))
+    recipe = (helpers.Recipe.from_dict(meta["settings"]) if meta.get("settings")
+              else helpers.course_recipe(smoke=False))  # an older checkpoint: the plain loader
+    loader = engine.make_eval_loader(recipe, valid_set, device)
     right = {}
-    for name, network in (("none", model), ("flip", engine.FlipTTA(model))):
+    for name, flip in (("none", False), ("flip", True)):  # evaluated as its recipe evaluates
+        network = engine.evaluated(model, dataclasses.replace(recipe, flip_tta=flip), device)
         labels, predictions = helpers.predict_all(network, loader, device)
         right[name] = predictions == labels
     fixed = int((right["flip"] & ~right["none"]).sum())
