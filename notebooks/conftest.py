@@ -21,11 +21,13 @@ def checkpoint_folder(notebook: Path) -> Path:
 
 
 def kernel_environment(notebook: Path) -> dict[str, str]:
-    """What a notebook's kernel runs with: smoke mode, its own checkpoints folder, figures never
-    shown in a window, no progress bars in the stored outputs, one thread per kernel beside
+    """What a notebook's kernel runs with: smoke mode, its own checkpoints folder and temporary
+    folder (cleared with it at the next run, so `tempfile.mkdtemp` leaves nothing behind), figures
+    never shown in a window, no progress bars in the stored outputs, one thread per kernel beside
     parallel workers."""
     env = {"FMNIST_SMOKE": "1", "TQDM_DISABLE": "1",
            "FMNIST_CHECKPOINTS": str(checkpoint_folder(notebook)),
+           "TMPDIR": str(checkpoint_folder(notebook) / "tmp"),
            "MPLBACKEND": os.environ.get("MPLBACKEND", "agg")}
     if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel workers (pytest -n): share the cores
         env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
@@ -39,6 +41,7 @@ def pytest_runtest_setup(item):
     notebook = Path(str(item.parent.fspath))
     if item.parent.kernel is None:  # the notebook's first cell: its kernel starts now
         shutil.rmtree(checkpoint_folder(notebook), ignore_errors=True)  # an earlier run's files
+        (checkpoint_folder(notebook) / "tmp").mkdir(parents=True)  # TMPDIR must exist to be used
     with pytest.MonkeyPatch.context() as patch:
         for name, value in kernel_environment(notebook).items():
             patch.setenv(name, value)
