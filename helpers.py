@@ -299,7 +299,9 @@ def feature_maps(model: nn.Module, images: torch.Tensor, layers: dict[str, nn.Mo
 
     def keep(name):
         def hook(module, inputs, output):          # PyTorch calls it after module.forward
-            maps[name] = output.detach().cpu()
+            # a copy (on the CPU .cpu() is none): an in-place layer after this one, such as
+            # ReLU(inplace=True), would otherwise change the stored map
+            maps[name] = output.detach().to("cpu", copy=True)
         return hook
 
     hooks = [layer.register_forward_hook(keep(name)) for name, layer in layers.items()]

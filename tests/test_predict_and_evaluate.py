@@ -221,6 +221,18 @@ def test_feature_maps_of_a_network_of_your_own():
         assert torch.equal(maps["conv"], model.conv(image.unsqueeze(0)))
 
 
+def test_feature_maps_keep_what_an_in_place_layer_after_them_overwrites():
+    """On the CPU `.cpu()` returns the same tensor: without a copy, ReLU(inplace=True) after the
+    hooked layer would zero the negative values of the stored map."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(inplace=True))
+    image = torch.rand(1, 28, 28)
+    maps = helpers.feature_maps(model, image, {"conv": model[0]})
+    with torch.no_grad():
+        assert torch.equal(maps["conv"], model[0](image.unsqueeze(0)))
+    assert (maps["conv"] < 0).any()
+
+
 class OneCorner(torch.nn.Module):
     """Class 1's logit grows with the ink in the top-left 6x6 corner; every other logit is 0."""
 
