@@ -112,7 +112,9 @@ def load_weights(model: nn.Module, payload: dict, path: Path | str) -> nn.Module
     problems += [f"{k} is {list(found[k])} in the file but {list(expected[k])} in the network"
                  for k in expected if k in found and found[k] != expected[k]][:3]
     if problems:
-        raise CheckpointError(f"{path} does not fit the {payload.get('model')!r} network "
-                              f"({type(model).__name__}): {'; '.join(problems)}")
+        saved = payload.get("architecture") or "a bare state_dict"  # the original notebook's
+        raise CheckpointError(f"{path} ({saved}) does not fit {type(model).__name__}: "
+                              f"{'; '.join(problems)}; for another network, pass a fresh one: "
+                              f"load_checkpoint(path, model=YourNetwork())")
     model.load_state_dict(payload["state_dict"], strict=True)
     return model

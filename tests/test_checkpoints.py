@@ -203,6 +203,9 @@ def test_other_objects_are_refused(tmp_path):
         helpers.load_checkpoint(tmp_path / "mixed.pt")
 
 
+HINT = "; for another network, pass a fresh one: load_checkpoint(path, model=YourNetwork())"
+
+
 def test_another_architecture_is_refused_with_the_mismatch(tmp_path):
     other = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
     torch.save(other.state_dict(), tmp_path / "mlp.pt")
@@ -210,16 +213,16 @@ def test_another_architecture_is_refused_with_the_mismatch(tmp_path):
         helpers.load_checkpoint(tmp_path / "mlp.pt")
     first_three = ", ".join(list(helpers.build_model("original").state_dict())[:3])
     assert str(refused.value) == (
-        f"{tmp_path / 'mlp.pt'} does not fit the 'original' network (FMnistCNN): "
-        f"30 missing keys ({first_three}, ...); 2 unexpected keys (1.weight, 1.bias)")
+        f"{tmp_path / 'mlp.pt'} (a bare state_dict) does not fit FMnistCNN: "
+        f"30 missing keys ({first_three}, ...); 2 unexpected keys (1.weight, 1.bias){HINT}")
     # one key: said in the singular, and named
     state = helpers.build_model("original").state_dict()
     del state["linear2.bias"]
     torch.save(state, tmp_path / "one-short.pt")
     with pytest.raises(helpers.CheckpointError) as refused:
         helpers.load_checkpoint(tmp_path / "one-short.pt")
-    assert str(refused.value) == (f"{tmp_path / 'one-short.pt'} does not fit the 'original' "
-                                  f"network (FMnistCNN): 1 missing key (linear2.bias)")
+    assert str(refused.value) == (f"{tmp_path / 'one-short.pt'} (a bare state_dict) does not fit "
+                                  f"FMnistCNN: 1 missing key (linear2.bias){HINT}")
 
 
 @pytest.mark.parametrize("extra, listed", [(3, "a, b, c"), (4, "a, b, c, ...")])
@@ -232,10 +235,10 @@ def test_a_mismatch_lists_three_names_at_most(tmp_path, extra, listed):
     with pytest.raises(helpers.CheckpointError) as refused:
         helpers.load_checkpoint(tmp_path / "odd.pt")
     assert str(refused.value) == (
-        f"{tmp_path / 'odd.pt'} does not fit the 'original' network (FMnistCNN): "
+        f"{tmp_path / 'odd.pt'} (a bare state_dict) does not fit FMnistCNN: "
         f"{extra} unexpected keys ({listed}); linear1.weight is [7] in the file but [128, 1152] "
         f"in the network; linear1.bias is [7] in the file but [128] in the network; "
-        f"linear2.weight is [7] in the file but [10, 128] in the network")
+        f"linear2.weight is [7] in the file but [10, 128] in the network{HINT}")
 
 
 def test_a_network_the_course_does_not_know_needs_one_passed_in(tmp_path):
@@ -273,7 +276,8 @@ def test_your_own_network_trains_through_fit_and_loads_back(small_sets, small_re
     assert type(loaded) is StudentCNN and info["epoch"] == history.best_epoch
     accuracy = helpers.evaluate(loaded, valid_loader, nn.CrossEntropyLoss(), torch.device("cpu"))[1]
     assert accuracy == max(history.valid_accuracy)
-    with pytest.raises(helpers.CheckpointError, match="does not fit"):  # the wrong network passed
+    named_both = rf"\({StudentCNN.__name__}\) does not fit FMnistCNN"
+    with pytest.raises(helpers.CheckpointError, match=named_both):  # the wrong network passed
         helpers.load_checkpoint(tmp_path / "mine.pt", model=helpers.build_model("original"))
 
 
