@@ -238,7 +238,27 @@ def test_the_machine_line_names_this_cpu(monkeypatch):
     lines = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
                "CPU")  # an ARM machine's cpuinfo names no model
-    assert helpers.machine().startswith(f"CPU only ({cpu}, {os.cpu_count()} CPUs, torch using ")
+    threads = torch.get_num_threads()
+    try:
+        for count, said in ((1, "1 thread"), (2, "2 threads")):
+            torch.set_num_threads(count)
+            assert helpers.machine() == (f"CPU only ({cpu}, {os.cpu_count()} CPUs, torch using "
+                                         f"{said}) with torch {torch.__version__}")
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("cpuinfo", [None, "processor\t: 0\nmodel name\t: A: B CPU\n",
+                                     "cpu : ARM\n"])
+def test_the_machine_line_without_a_cpu_model_says_cpu(cpuinfo, tmp_path, monkeypatch):
+    from machinery import basics
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fake = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        fake.write_text(cpuinfo)
+    monkeypatch.setattr(basics, "Path", lambda _: fake)
+    named = "A: B CPU" if cpuinfo and "model name" in cpuinfo else "CPU"  # split at the first ':'
+    assert helpers.machine().startswith(f"CPU only ({named}, {os.cpu_count()} CPUs, torch using ")
 
 
 def test_pick_device_on_a_machine_with_a_gpu_and_with_mps(monkeypatch):
