@@ -248,16 +248,17 @@ def test_the_machine_line_names_this_cpu(monkeypatch):
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("cpuinfo", [None, "processor\t: 0\nmodel name\t: A: B CPU\n",
-                                     "cpu : ARM\n"])
-def test_the_machine_line_without_a_cpu_model_says_cpu(cpuinfo, tmp_path, monkeypatch):
+@pytest.mark.parametrize("cpuinfo, named", [
+    (None, "CPU"),                                                 # no /proc/cpuinfo
+    ("cpu : ARM\n", "CPU"),                                        # no model name in it
+    ("processor\t: 0\nmodel name\t: A: B CPU\n", "A: B CPU")])   # split at the first ':' only
+def test_the_machine_line_reads_the_cpu_model_or_says_cpu(cpuinfo, named, tmp_path, monkeypatch):
     from machinery import basics
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     fake = tmp_path / "cpuinfo"
     if cpuinfo is not None:
         fake.write_text(cpuinfo)
     monkeypatch.setattr(basics, "Path", lambda _: fake)
-    named = "A: B CPU" if cpuinfo and "model name" in cpuinfo else "CPU"  # split at the first ':'
     assert helpers.machine().startswith(f"CPU only ({named}, {os.cpu_count()} CPUs, torch using ")
 
 
