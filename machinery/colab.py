@@ -73,6 +73,8 @@ def runtime_note(device: torch.device, reference: Path = REFERENCE / "original.p
     if "training_minutes" in made:
         cost = (f"the course's reference run of this recipe took "
                 f"{round(made['training_minutes'])} min on {made.get('machine')}")
+        if made.get("runs_sharing", 1) > 1:  # its time is not what a run alone costs
+            cost += f", as one of {made['runs_sharing']} runs sharing that machine"
     else:  # no recorded time
         cost = "a full run takes about an hour on a CPU"
     if in_colab():

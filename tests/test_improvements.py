@@ -225,6 +225,28 @@ def test_a_reference_records_the_machine_its_checkpoint_trained_on(tmp_path, mon
     assert helpers.read_checkpoint(shipped)["torch_version"] == "2.11.0+cu130"  # the trainer's
 
 
+def test_a_reference_trained_beside_other_runs_says_so_where_its_time_is_quoted(
+        tmp_path, monkeypatch, loud_network):
+    """`reference --sharing N` reaches the shipped file, and the runtime note quoting its minutes
+    says they were measured with N runs sharing the machine."""
+    from machinery import colab
+    from machinery.tools import cli, trials
+    checkpoint = helpers.save_checkpoint(tmp_path / "run.pt", helpers.build_model(loud_network),
+                                         recipe="original", epoch=1)
+    monkeypatch.setattr(trials, "REFERENCE", tmp_path / "reference")
+    monkeypatch.setattr(trials, "REPO_ROOT", tmp_path)
+    (tmp_path / "reference").mkdir()
+    assert cli.main(["reference", str(checkpoint), "29", "a command", "shared",
+                     "--sharing", "2"]) == 0
+    trials.make_reference(checkpoint, "a command", 12.0, name="alone")
+    shared, alone = (tmp_path / "reference" / f"{name}.pt" for name in ("shared", "alone"))
+    assert helpers.read_checkpoint(shared)["reference"]["runs_sharing"] == 2
+    assert helpers.read_checkpoint(alone)["reference"]["runs_sharing"] == 1
+    note = colab.runtime_note(torch.device("cpu"), shared)
+    assert "took 29 min on" in note and "as one of 2 runs sharing that machine" in note
+    assert "sharing" not in colab.runtime_note(torch.device("cpu"), alone)
+
+
 def test_the_flip_tool_counts_on_the_validation_images_it_is_given(small_sets, cpu):
     from machinery.tools import trials
     _, valid_set, _ = small_sets

@@ -38,6 +38,8 @@ def reports(data_root) -> dict[str, dict]:
 def test_reference_reproduces_its_recorded_test_accuracy(path, reports):
     recorded = helpers.read_checkpoint(path)["reference"]
     assert {"command", "machine", "training_minutes", "test_loss"} <= set(recorded)
+    # its minutes say how it trained: alone, or beside other runs (as its command line tells)
+    assert (recorded["runs_sharing"] > 1) == ("sharing" in recorded["command"])
     report = reports[str(path)]
     assert report["test_images"] == 10_000
     assert report["params"] == helpers.count_parameters(helpers.build_model(report["model"]))

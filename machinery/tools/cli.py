@@ -89,7 +89,8 @@ def run_images(args) -> int:
 
 def run_reference(args) -> int:
     from .trials import make_reference
-    make_reference(args.checkpoint, command=args.command_line, minutes=args.minutes, name=args.name)
+    make_reference(args.checkpoint, command=args.command_line, minutes=args.minutes, name=args.name,
+                   sharing=args.sharing)
     return 0
 
 
@@ -184,6 +185,9 @@ def make_parser() -> argparse.ArgumentParser:
     reference.add_argument("name", nargs="?",
                            help="reference/NAME.pt (default: the recipe's name; the network's "
                            "for an older checkpoint)")
+    reference.add_argument("--sharing", type=int, default=1, metavar="N",
+                           help="how many training runs shared the machine, this one included "
+                           "(its minutes are then not what a run alone costs)")
     reference.set_defaults(run=run_reference)
     trial = commands.add_parser("trial",
                                 help="train a recipe variant; report validation figures only")

@@ -15,11 +15,13 @@ from ..recipes import RECIPES, Recipe, checkpoint_paths
 from ..runs import evaluate_checkpoints
 
 
-def make_reference(checkpoint: Path, command: str, minutes: float, name: str | None = None) -> Path:
+def make_reference(checkpoint: Path, command: str, minutes: float, name: str | None = None,
+                   sharing: int = 1) -> Path:
     """Copy a trained checkpoint to reference/NAME.pt (NAME: the recipe's; the network's for a
-    checkpoint older than recipe names) with its test figures and how it was made; the training
-    state of a last checkpoint is left out. A study's candidate that RECIPES adopted as NAME,
-    setting for setting, is recorded under that name."""
+    checkpoint older than recipe names) with its test figures and how it was made (`sharing`: how
+    many training runs shared the machine, this one included); the training state of a last
+    checkpoint is left out. A study's candidate that RECIPES adopted as NAME, setting for setting,
+    is recorded under that name."""
     device = torch.device("cpu")
     model, meta = helpers.load_checkpoint(checkpoint, device)
     # the figures `python helpers.py evaluate` prints for it (with flip TTA if its recipe has it)
@@ -30,7 +32,7 @@ def make_reference(checkpoint: Path, command: str, minutes: float, name: str | N
                  # the machine that trained it, as its checkpoint recorded; older checkpoints:
                  # this one
                  "machine": meta.get("machine") or helpers.machine(),
-                 "training_minutes": round(minutes, 1)}
+                 "training_minutes": round(minutes, 1), "runs_sharing": sharing}
     path = REFERENCE / f"{name or meta.get('recipe') or meta['model']}.pt"
     kept = {k: meta.get(k) for k in ("recipe", "settings", "epoch", "metrics")}
     # the torch that trained it (older checkpoints recorded none: this one's)
