@@ -164,13 +164,6 @@ def stand_in_colab(tmp_path: Path) -> dict:
             "TQDM_DISABLE": "1", "MPLBACKEND": "agg"}
 
 
-def outputs(notebook: Path) -> str:
-    """Every text output of an executed notebook, in order."""
-    cells = json.loads(notebook.read_text())["cells"]
-    return "".join("".join(out.get("text", "")) for cell in cells
-                   for out in cell.get("outputs", []))
-
-
 def course_on_github(tmp_path: Path) -> Path:
     """A stand-in for the course's repository on GitHub: what a student's runtime fetches (code,
     reference checkpoints, pictures; the notebooks come from Colab), tagged v-test."""
@@ -231,7 +224,7 @@ def test_a_colab_student_keeps_stage_6_on_drive_and_stages_7_to_9_use_it(tmp_pat
                               "--execute", "--inplace", str(opened)],
                              cwd=runtime, env=env, capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, f"{stem}: {run.stderr[-2000:]}"
-        said[stem] = outputs(opened)
+        said[stem] = course_notebooks.stored_text(opened)
         assert said[stem].count(f"Mounted at {runtime / 'drive'}") == 1, stem  # once a runtime
         assert (runtime / "fashion-mnist-cnn" / "helpers.py").is_file()  # fetched at the tag
     assert sorted(p.name for p in cloud.glob("*.pt")) == ["original-smoke-last.pt",

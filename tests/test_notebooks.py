@@ -379,27 +379,24 @@ def test_the_code_comparison_sees_a_changed_line():
     assert definitions(code, ("fit",)) != definitions(code.replace("model\n", "epochs\n"), ("fit",))
 
 
-def notebook_texts(name: str) -> tuple[str, str]:
-    """A notebook's markdown and its stored text outputs, each as one string."""
+def prose(name: str) -> str:
+    """A notebook's markdown as one line of words."""
     cells = json.loads(course_notebooks.find_notebook(name).read_text())["cells"]
-    markdown = "\n".join("".join(cell["source"]) for cell in cells
-                         if cell["cell_type"] == "markdown")
-    outputs = "".join("".join(out.get("text", "")) for cell in cells
-                      for out in cell.get("outputs", []))
-    return " ".join(markdown.split()), outputs
+    return " ".join(" ".join(course_notebooks.source(cell) for cell in cells
+                             if cell["cell_type"] == "markdown").split())
 
 
 @pytest.mark.whole_checkout
 def test_figures_quoted_from_notebook_10s_stored_run_are_the_ones_it_printed():
     """Notebooks 4 and 8 quote notebook 10's three evaluations with the dropout bug: when
     notebook 10 is run again, their prose must follow its new outputs."""
-    _, outputs = notebook_texts("10_improvements.ipynb")
+    outputs = course_notebooks.stored_text(course_notebooks.find_notebook("10_improvements.ipynb"))
     evaluations = re.findall(r"with the bug, evaluation \d: validation accuracy ([\d.]+%)\s+"
                              r"breaks (\d+) images, fixes (\d+)", outputs)
     assert len(evaluations) == 3, "notebook 10 stores no run of the dropout bug"
-    stage4, _ = notebook_texts("04_model.ipynb")
+    stage4 = prose("04_model.ipynb")
     changed = [str(int(breaks) + int(fixes)) for _, breaks, fixes in evaluations]
     assert f"{changed[0]}, {changed[1]} and {changed[2]} of the 10,000" in stage4
-    stage8, _ = notebook_texts("08_evaluate.ipynb")
+    stage8 = prose("08_evaluate.ipynb")
     accuracies = [accuracy for accuracy, _, _ in evaluations]
     assert f"{accuracies[0]}, {accuracies[1]} and {accuracies[2]} on the validation" in stage8

@@ -1,7 +1,6 @@
 """The sprint (issue 27): its network and recipe are what they declare, flip test-time
 augmentation is wired into every evaluation of a recipe that asks for it, and `bench --sprint`
 compares like with like. How fast it runs is measured by the bench, not asserted here."""
-import json
 import re
 import time
 from dataclasses import replace
@@ -16,6 +15,7 @@ from machinery.basics import CheckpointError
 from machinery.fast_path import DeviceLoader
 from machinery.networks import SprintCNN
 from machinery.recipes import RECIPES, Recipe
+from machinery.tools.notebooks import stored_text
 
 NOTEBOOK_6 = helpers.REPO_ROOT / "notebooks" / "06_train.ipynb"
 
@@ -191,10 +191,7 @@ def test_evaluate_command_uses_flip_tta_as_the_checkpoints_recipe_did(small_sets
 
 def first_epoch_at_93_in_notebook_6() -> int:
     """The first epoch of notebook 6's stored full run with 93.0% validation accuracy."""
-    cells = json.loads(NOTEBOOK_6.read_text())["cells"]
-    text = "".join("".join(out.get("text", "")) for cell in cells
-                   for out in cell.get("outputs", []))
-    epochs = re.findall(r"epoch +(\d+)/50 .*?valid acc +([\d.]+)%", text)
+    epochs = re.findall(r"epoch +(\d+)/50 .*?valid acc +([\d.]+)%", stored_text(NOTEBOOK_6))
     assert len(epochs) >= 20, "notebook 6 has no stored full run"
     return next(int(epoch) for epoch, accuracy in epochs if float(accuracy) >= 93.0)
 

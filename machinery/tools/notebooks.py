@@ -175,6 +175,13 @@ ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])(/(home|root|work|tmp|Users|content/dri
 DRIVE_MOUNT = '"/content/drive'
 
 
+def stored_text(notebook: Path) -> str:
+    """Every text output a notebook stores, in order (what its readers see printed)."""
+    cells = json.loads(notebook.read_text())["cells"]
+    return "".join("".join(out.get("text", "")) for cell in cells
+                   for out in cell.get("outputs", []))
+
+
 def lint(path: Path) -> list[str]:
     """What is wrong with a committed notebook (an empty list when nothing is)."""
     problems = []
