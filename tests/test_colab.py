@@ -241,3 +241,6 @@ def test_a_colab_student_keeps_stage_6_on_drive_and_stages_7_to_9_use_it(tmp_pat
         line = f"{'checkpoints/' + name:28s} epoch {checkpoint['epoch']:>2}"  # as notebook 9 prints
         assert f"\n{line}" in said["09_save_load"]
     assert "reference/original" not in said["07_predict"] + said["08_evaluate"]
+    # notebook 6 tells the student where the files went: Drive, not the runtime's lost disk
+    on_drive = "My Drive/fashion-mnist-cnn/checkpoints/original-smoke.pt"
+    assert f"at epoch {best['epoch']} -> {on_drive}" in said["06_train"]
