@@ -397,6 +397,8 @@ def test_figures_quoted_from_notebook_10s_stored_run_are_the_ones_it_printed():
     stage4 = prose("04_model.ipynb")
     changed = [str(int(breaks) + int(fixes)) for _, breaks, fixes in evaluations]
     assert f"{changed[0]}, {changed[1]} and {changed[2]} of the 10,000" in stage4
+    broken = [breaks for _, breaks, _ in evaluations]
+    assert f"{broken[0]}, {broken[1]} and {broken[2]} of them from right to wrong" in stage4
     stage8 = prose("08_evaluate.ipynb")
     accuracies = [accuracy for accuracy, _, _ in evaluations]
     assert f"{accuracies[0]}, {accuracies[1]} and {accuracies[2]} on the validation" in stage8
