@@ -578,7 +578,7 @@ def test_evaluate_reports_each_checkpoint_on_the_whole_test_set(monkeypatch, tmp
     took = time.perf_counter() - before
     assert [call["device"] for call in loads] == [cpu]
     assert [call["root"] for call in datasets] == [data_root]
-    assert [(call["batch_size"], call["device"]) for call in loaders] == [(1000, cpu)]
+    assert [(call["batch_size"], call["device"]) for call in loaders] == [(64, cpu)]  # a CPU's
     model.eval()
     test_set = helpers.load_datasets(helpers.course_recipe(smoke=False), data_root)[2]
     expected = helpers.evaluate(model, helpers.make_loader(test_set, 1000), nn.CrossEntropyLoss(),
