@@ -322,6 +322,19 @@ def scripted_fit(valid_accuracies, epochs, tmp_path, monkeypatch, clock=None):
     return history, saved, devices, lines
 
 
+def test_fit_stops_after_seven_epochs_without_a_better_loss_by_default(monkeypatch):
+    """Stage 6's rule as the course teaches it: `fit` called without `patience` stops once the
+    validation loss has gone 7 epochs without improving."""
+    monkeypatch.setattr(helpers, "train_one_epoch", lambda *args: 0.5)
+    monkeypatch.setattr(helpers, "evaluate", lambda *args: (1.0, 0.5))  # never better than epoch 1
+    model = nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+    history = helpers.fit(model, [], [], nn.CrossEntropyLoss(), optimizer, scheduler,
+                          torch.device("cpu"), epochs=20, log=lambda line: None)
+    assert (history.epochs, history.stopped_early) == (8, True)
+
+
 def test_fit_keeps_the_earlier_epoch_of_a_tie_even_when_it_is_the_first(tmp_path, monkeypatch):
     history, saved, _, _ = scripted_fit([0.7, 0.7, 0.6, 0.8], 4, tmp_path, monkeypatch)
     assert history.best_epoch == 4 and saved == [1, 4]  # epoch 2 only ties epoch 1
