@@ -110,7 +110,7 @@ def evaluate_checkpoints(paths: list[Path], device: torch.device, data: Path | s
     # the fast path: the same images as a DataLoader's, kept on the device; on a CPU in batches
     # of 64, which evaluated the reference networks 1.4-1.8 times as fast as batches of 1,000
     # (2-core AMD EPYC, 2026-12-06), with the same figures
-    test_loader = DeviceLoader(test_set, 1000 if device.type == "cuda" else 64, device=device)
+    test_loader = DeviceLoader(test_set, 64 if device.type == "cpu" else 1000, device=device)
     for (path, model, meta), recipe in zip(models, recipes):
         model = model.to(memory_format=torch.channels_last)
         # as its recipe evaluates: flip TTA, and bf16 for the sprint on an AMX CPU
