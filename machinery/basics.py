@@ -78,15 +78,24 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def checkpoint_location(path: Path | str) -> str:
+    """Where a checkpoint is, as a student finds it: on My Drive, in the course's checkpoints/ or
+    reference/ folder, or elsewhere by its whole path."""
+    path = Path(path)
+    if path.parent == DRIVE_CHECKPOINTS:
+        return f"My Drive/fashion-mnist-cnn/checkpoints/{path.name}"
+    if path.parent in (CHECKPOINTS, REFERENCE):
+        return f"{path.parent.name}/{path.name}"
+    return str(path)
+
+
 def describe_checkpoint(path: Path | str) -> str:
     """Where a checkpoint is and whose it is, for the notebooks that load one."""
     path = Path(path)
     whose = {DRIVE_CHECKPOINTS: "yours, from stage 6, kept on Google Drive",
              CHECKPOINTS: "yours, from stage 6",
              REFERENCE: "the course's reference"}.get(path.parent)
-    where = (f"My Drive/fashion-mnist-cnn/checkpoints/{path.name}"
-             if path.parent == DRIVE_CHECKPOINTS
-             else (f"{path.parent.name}/{path.name}" if whose else str(path)))
+    where = checkpoint_location(path)
     return f"{where} ({whose})" if whose else where
 
 
