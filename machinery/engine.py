@@ -118,7 +118,9 @@ class FlipTTA(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.model(x) + self.model(x.flip(3))) / 2
+        # clone: a network compiled with CUDA graphs (--compile on a GPU) writes each call's
+        # output into the same memory, so the second call would overwrite the first
+        return (self.model(x).clone() + self.model(x.flip(3))) / 2
 
 
 def training_precision(recipe: Recipe, device: torch.device) -> torch.dtype | None:
@@ -173,11 +175,7 @@ def run_epochs(model: nn.Module, train_loader, valid_loader, recipe: Recipe,
     if resume is not None:  # weights, optimizer, schedule, early stopping, history, generators
         vars(history).update(restore_training(resume, recipe.network, model, optimizer, schedule,
                                               early_stopping, train_loader, device, scaler, log))
-        planned = getattr(schedule, "total_steps", None)  # one-cycle: fixed to its run's length
-        if planned is not None and planned != recipe.epochs * len(train_loader):
-            raise CourseError(f"{resume} is a one-cycle run of {planned // len(train_loader)} "
-                              f"epochs: its schedule ends there and cannot be stretched to "
-                              f"{recipe.epochs}; train a new run with more epochs instead")
+        check_one_cycle_length(resume, schedule, recipe.epochs, len(train_loader))
     if writer is not None and not history.epochs:  # a resumed run has them already
         log_start(writer, recipe.network, valid_loader, device)
     last_epoch = history.epochs if history.stopped_early else recipe.epochs
@@ -198,12 +196,8 @@ def run_epochs(model: nn.Module, train_loader, valid_loader, recipe: Recipe,
             f"{valid_loss:.4f}  valid acc {valid_accuracy:6.2%}  lr {lr:.0e}  "
             f"{history.seconds[-1]:5.1f} s  (~{(last_epoch - epoch) * history.seconds[-1] / 60:.0f}"
             f" min left)")
-        if writer is not None:  # step = epoch, so a resumed run continues the same curves
-            for tag, value in (("loss/train", train_loss), ("loss/valid", valid_loss),
-                               ("accuracy/valid", valid_accuracy), ("learning_rate", lr)):
-                writer.add_scalar(tag, value, epoch)
-            log_histograms(writer, model, epoch)
-            writer.flush()
+        if writer is not None:
+            log_epoch(writer, model, epoch, metrics, lr)
         if plateau:
             schedule.step(valid_loss)
             if current_lr(optimizer) != lr:
@@ -226,6 +220,25 @@ def run_epochs(model: nn.Module, train_loader, valid_loader, recipe: Recipe,
         log_run_summary(writer, model, valid_loader, device, history, recipe,
                         read_checkpoint(best_path, device)["state_dict"] if best else None)
     return history
+
+
+def check_one_cycle_length(resume: Path | str, schedule, epochs: int, steps_per_epoch: int) -> None:
+    """A resumed one-cycle run keeps its length: its schedule was built for that many epochs."""
+    planned = getattr(schedule, "total_steps", None)  # None: the plateau schedule
+    if planned is not None and planned != epochs * steps_per_epoch:
+        raise CourseError(f"{resume} is a one-cycle run of {planned // steps_per_epoch} "
+                          f"epochs: its schedule ends there and cannot be stretched to "
+                          f"{epochs}; train a new run with more epochs instead")
+
+
+def log_epoch(writer, model: nn.Module, epoch: int, metrics: dict, lr: float) -> None:
+    """The epoch's curves and histograms; step = epoch, so a resumed run continues the curves."""
+    for tag, key in (("loss/train", "train_loss"), ("loss/valid", "valid_loss"),
+                     ("accuracy/valid", "valid_accuracy")):
+        writer.add_scalar(tag, metrics[key], epoch)
+    writer.add_scalar("learning_rate", lr, epoch)
+    log_histograms(writer, model, epoch)
+    writer.flush()
 
 
 def save(path: Path | str, model: nn.Module, recipe: Recipe, epoch: int, metrics: dict,

@@ -74,7 +74,9 @@ def validation_outputs(model: nn.Module, loader, device: torch.device) -> dict[s
     try:
         with rng_untouched(device):
             for images, labels in loader:
-                outputs["logits"].append(model(images.to(device)).float().cpu())
+                # forward, not model(...): a compiled network runs a graph traced before the
+                # hook existed, which leaves the hook out
+                outputs["logits"].append(model.forward(images.to(device)).float().cpu())
                 outputs["images"].append(images.cpu())
                 outputs["labels"].append(labels.cpu())
     finally:
@@ -98,7 +100,9 @@ def weights_loaded(model: nn.Module, weights: dict | None):
 def log_run_summary(writer, model: nn.Module, valid_loader, device: torch.device,
                     history: helpers.History, recipe: Recipe, best_weights: dict | None) -> None:
     """End of a run, for the best epoch's weights (the last epoch's when they are not at hand):
-    confusion matrix, mistakes, PR curves, projector; the recipe and its results."""
+    confusion matrix, mistakes, PR curves, projector; the recipe and its results. The panels read
+    the bare network in fp32, without a recipe's flip TTA or bf16, so their accuracy may differ a
+    little from the logged validation accuracy."""
     from torch.utils.tensorboard.summary import hparams
     step = history.best_epoch if best_weights is not None else history.epochs
     with weights_loaded(model, best_weights):

@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn as nn
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import helpers
 from machinery import bench, engine, fast_path
@@ -200,18 +201,23 @@ class SmallConvNet(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-def test_a_compiled_network_trains_and_saves_checkpoints_an_uncompiled_one_loads(
+def test_a_compiled_run_logs_its_summary_and_saves_checkpoints_an_uncompiled_one_loads(
         small_sets, cpu, tmp_path, monkeypatch):
+    """`train --compile` end to end: the runner compiles, trains, saves, and writes TensorBoard's
+    summary, whose features come from a hook a compiled graph would leave out."""
     train, valid, _ = small_sets
     monkeypatch.setitem(helpers.NETWORKS, "small-conv", SmallConvNet)
     settings = helpers.course_recipe(smoke=True, name="original-fast", network="small-conv",
-                                       compile=True, epochs=1, batch_size=128)
-    model, optimizer, _, loss_fn = engine.make_training(settings, cpu, steps_per_epoch=4)
-    # 512 images: four batches of one shape
-    loader = DeviceLoader(train, 128, shuffle=True, generator=torch.Generator().manual_seed(0))
-    loss = helpers.train_one_epoch(model, loader, loss_fn, optimizer, cpu)
-    assert 0 < loss < 5
-    helpers.save_checkpoint(tmp_path / "compiled.pt", model, recipe=settings.name)
+                                       compile=True, epochs=1, batch_size=128)  # 4 full batches
+    model, history, _ = engine.train_run(settings, train, valid, cpu, run_dir=tmp_path / "run",
+                                         best_path=tmp_path / "compiled.pt", log=lambda line: None)
+    assert model._compiled_call_impl is not None  # compiled, not quietly eager
+    assert 0 < history.train_loss[0] < 5
+    events = EventAccumulator(str(tmp_path / "run"))
+    events.Reload()
+    assert [image.step for image in events.Images("valid/confusion_matrix")] == [1]
+    features = (tmp_path / "run" / "00001" / "penultimate_layer" / "tensors.tsv").read_text()
+    assert len(features.splitlines()) == len(valid)  # the last layer's input, one row an image
     # same keys: no '_orig_mod.' prefix
     eager, _ = helpers.load_checkpoint(tmp_path / "compiled.pt")
     images, _ = next(iter(DeviceLoader(valid, 256)))
