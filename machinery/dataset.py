@@ -66,15 +66,17 @@ def copy_decompressed(src: Path, dest: Path) -> None:
             if digest.hexdigest() != RAW_SHA256[dest.name]:  # raised inside: dest is untouched
                 raise DatasetError(f"{src} is not the original Fashion-MNIST file (SHA-256 "
                                    f"mismatch): replace it with a good copy, or " + HOW_TO_GET_DATA)
-    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:  # zlib: bad deflate data
-        if isinstance(e, PermissionError):  # reading the source, or writing the copy
-            if str(e.filename) == str(src):
-                raise DatasetError(f"cannot read {src}: give yourself read permission on it, or "
-                                   + HOW_TO_GET_DATA) from None
-            raise DatasetError(f"cannot write {dest}: choose a writable data folder "
-                               f"({e.strerror})") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # the source's bytes; zlib: deflate
         raise DatasetError(f"{src} is truncated or corrupt ({e}): replace it with a good copy, or "
                            + HOW_TO_GET_DATA) from None
+    except OSError as e:  # opening the source names it; any other comes from writing the copy
+        if str(e.filename) == str(src):
+            unreadable = isinstance(e, PermissionError)
+            fix = "give yourself read permission on it, or " if unreadable else ""
+            raise DatasetError(f"cannot read {src} ({e.strerror}): {fix}"
+                               f"{HOW_TO_GET_DATA}") from None
+        raise DatasetError(f"cannot write {dest} ({e.strerror or e}): choose a writable data "
+                           f"folder with room for the four files (55 MB)") from None
 
 
 def download_with_torchvision(root: Path) -> None:
@@ -106,10 +108,12 @@ def prepare_data(root: Path | str = DATA_ROOT) -> Path:
                            f"pass a writable folder as the data root") from None
     missing = [n for n in RAW_SHA256 if not (raw / n).is_file()]
     if missing:
-        if os.environ.get("FMNIST_DATA") and not all(
-                find_original_file(local_copy_dirs()[0], n) for n in missing):
+        absent = [n for n in missing if os.environ.get("FMNIST_DATA")
+                  and not find_original_file(local_copy_dirs()[0], n)]  # FMNIST_DATA comes first
+        if absent:
+            names = ", ".join(f"{name}.gz" for name in absent)
             raise DatasetError(f"FMNIST_DATA={os.environ['FMNIST_DATA']} does not hold all four "
-                               f"Fashion-MNIST files (missing e.g. {missing[0]}.gz)")
+                               f"Fashion-MNIST files (missing {names})")
         source = next((d for d in local_copy_dirs()
                        if all(find_original_file(d, n) for n in missing)), None)
         if source is not None:

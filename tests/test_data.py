@@ -1,6 +1,9 @@
 """Stage 1: the real dataset, found offline, verified, split the same way for everyone."""
+import contextlib
+import errno
 import gzip
 import hashlib
+import io
 import shutil
 from dataclasses import replace
 
@@ -224,7 +227,20 @@ def test_FMNIST_DATA_without_the_files_names_the_first_missing_one(monkeypatch, 
     with pytest.raises(helpers.DatasetError) as error:
         helpers.prepare_data(tmp_path / "data")
     assert str(error.value) == (f"FMNIST_DATA={tmp_path / 'empty'} does not hold all four "
-                                f"Fashion-MNIST files (missing e.g. train-images-idx3-ubyte.gz)")
+                                f"Fashion-MNIST files (missing train-images-idx3-ubyte.gz, "
+                                f"train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+                                f"t10k-labels-idx1-ubyte.gz)")
+
+
+def test_FMNIST_DATA_short_of_one_file_names_that_one(monkeypatch, tmp_path, no_local_copy):
+    """Not the first file missing from data/: the one missing from the FMNIST_DATA folder."""
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"):
+        (partial / f"{name}.gz").write_bytes(b"")  # present (its checksum is checked later)
+    monkeypatch.setenv("FMNIST_DATA", str(partial))
+    with pytest.raises(helpers.DatasetError, match=r"\(missing t10k-labels-idx1-ubyte.gz\)$"):
+        helpers.prepare_data(tmp_path / "data")
 
 
 def test_a_copy_into_a_folder_it_cannot_write_says_so(monkeypatch, tmp_path):
@@ -235,8 +251,26 @@ def test_a_copy_into_a_folder_it_cannot_write_says_so(monkeypatch, tmp_path):
     dest = tmp_path / "t10k-labels-idx1-ubyte"
     with pytest.raises(helpers.DatasetError) as error:
         dataset.copy_decompressed(DEBIAN_COPY / "t10k-labels-idx1-ubyte.gz", dest)
-    assert str(error.value) == (f"cannot write {dest}: choose a writable data folder "
-                                f"(Permission denied)")
+    assert str(error.value) == (f"cannot write {dest} (Permission denied): choose a writable "
+                                f"data folder with room for the four files (55 MB)")
+
+
+def test_a_full_disk_is_reported_as_the_copy_not_the_source(monkeypatch, tmp_path):
+    """A write error names no file (ENOSPC from write()): the good source is not blamed."""
+    class FullDisk(io.BytesIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    @contextlib.contextmanager
+    def full(path):
+        yield FullDisk()
+
+    monkeypatch.setattr(dataset, "atomic_write", full)
+    dest = tmp_path / "t10k-labels-idx1-ubyte"
+    with pytest.raises(helpers.DatasetError) as error:
+        dataset.copy_decompressed(DEBIAN_COPY / "t10k-labels-idx1-ubyte.gz", dest)
+    assert str(error.value).startswith(f"cannot write {dest} (No space left on device)")
+    assert "corrupt" not in str(error.value)
 
 
 def test_a_file_it_cannot_read_is_named_as_unreadable(monkeypatch, tmp_path):
@@ -248,7 +282,8 @@ def test_a_file_it_cannot_read_is_named_as_unreadable(monkeypatch, tmp_path):
     monkeypatch.setattr(dataset.gzip, "open", refused)  # root reads anything: a stand-in
     with pytest.raises(helpers.DatasetError) as error:
         dataset.copy_decompressed(src, tmp_path / "t10k-labels-idx1-ubyte")
-    assert str(error.value).startswith(f"cannot read {src}: give yourself read permission")
+    assert str(error.value).startswith(f"cannot read {src} (Permission denied): give yourself "
+                                       f"read permission")
     assert not (tmp_path / "t10k-labels-idx1-ubyte").exists()
 
 
