@@ -41,11 +41,12 @@ def train_command(args: argparse.Namespace) -> None:
     # the run's own recipe; only --epochs (to train longer) and --compile may change
     if args.resume:
         chosen = {"model": args.model, "recipe": args.recipe, "fast": args.fast,
-                  "smoke": args.smoke}
+                  "smoke": args.smoke, "out": args.out, "runs": args.runs}
         recipe, state = runs.resumed_recipe(args.resume, **overrides, **chosen)
     else:
         recipe = runs.choose_recipe(args.model, args.recipe, args.fast, args.smoke, **overrides)
-    report = runs.train(recipe, pick_device(args.device), data=args.data, runs=args.runs,
+    report = runs.train(recipe, pick_device(args.device), data=args.data,
+                        runs=args.runs or RUNS_ROOT,
                         out=args.out, resume=args.resume, state=state)
     on_all = f" on all {report['train_images']:,} training images" if recipe.final_fit else ""
     print(f"trained {report['epochs']} epochs{on_all} in {report['minutes']:.1f} min"
@@ -116,7 +117,7 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="LAST_CHECKPOINT",
                        help="carry on an interrupted run from its last checkpoint (NAME-last.pt) "
                        "with its own recipe; only --epochs and --compile may change")
-    train.add_argument("--runs", default=str(RUNS_ROOT),
+    train.add_argument("--runs",
                        help="TensorBoard runs folder (default: runs/)")
     train.add_argument("--out",
                        help="best checkpoint path (default: checkpoints/RECIPE.pt, "
@@ -152,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CourseError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: the checkpoints written so far are intact "
-              "(continue with: python helpers.py train --resume NAME-last.pt)", file=sys.stderr)
+    except KeyboardInterrupt:  # only training writes checkpoints to carry on from
+        resumable = (" (continue with: python helpers.py train --resume NAME-last.pt)"
+                     if args.run is train_command else "")
+        print(f"interrupted{resumable}", file=sys.stderr)
         return 130
     return 0

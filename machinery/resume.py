@@ -94,7 +94,7 @@ def interrupted_note(epoch: int, last_path: Path | str | None) -> str:
     """What to tell a student who stopped a run during `epoch`."""
     if epoch == 1:
         return "interrupted during epoch 1: no epoch finished, so there is no checkpoint yet"
-    note = f"interrupted during epoch {epoch}: the checkpoints of epoch {epoch - 1} are intact"
-    if last_path:
-        note += f"; continue with train_run(..., resume={str(last_path)!r})"
-    return note
+    if not last_path:
+        return f"interrupted during epoch {epoch}: this run kept no checkpoints"
+    return (f"interrupted during epoch {epoch}: {last_path} holds epoch {epoch - 1}; continue "
+            f"with train_run(..., resume={str(last_path)!r})")

@@ -50,11 +50,12 @@ RESUME_CHANGES = ("epochs", "compile")  # what a resumed run may change: train l
 
 
 def resumed_recipe(last_checkpoint: Path | str, **overrides) -> tuple[Recipe, dict]:
-    """The recipe and training state of an interrupted run; only epochs and compile may change."""
+    """The recipe and training state of an interrupted run; only epochs and compile may change
+    (its checkpoints and TensorBoard folder stay where the run put them)."""
     fixed = [name for name, value in overrides.items() if value and name not in RESUME_CHANGES]
     if fixed:  # refused, not dropped: the run would silently go on with its own settings
-        raise ValueError(f"a resumed run keeps its recipe: {', '.join(fixed)} cannot change "
-                         f"(only {' and '.join(RESUME_CHANGES)} may)")
+        raise ValueError(f"a resumed run keeps its recipe and files: {', '.join(fixed)} cannot "
+                         f"change (only {' and '.join(RESUME_CHANGES)} may)")
     saved = read_checkpoint(last_checkpoint)
     state, recipe = saved.get("training_state"), checkpoint_recipe(last_checkpoint, saved)
     if state is None or recipe is None:

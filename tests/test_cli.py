@@ -131,11 +131,14 @@ def test_a_count_below_one_is_refused_before_anything_runs():
     (["evaluate", "requirements.txt"], "requirements.txt is not a readable PyTorch checkpoint"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["train", "--resume", "x-last.pt", "--batch-size", "64", "--fast"],
-     "a resumed run keeps its recipe: batch_size, fast cannot change"),
+     "a resumed run keeps its recipe and files: batch_size, fast cannot change"),
     (["train", "--resume", "x-last.pt", "--model", "improved", "--epochs", "60"],
-     "a resumed run keeps its recipe: model cannot change (only epochs and compile may)"),
+     "a resumed run keeps its recipe and files: model cannot change (only epochs and compile "
+     "may)"),
+    (["train", "--resume", "x-last.pt", "--out", "mine.pt", "--runs", "elsewhere"],
+     "a resumed run keeps its recipe and files: out, runs cannot change"),
     (["train", "--resume", "x-last.pt", "--recipe", "sprint", "--smoke", "--final-fit"],
-     "a resumed run keeps its recipe: final_fit, recipe, smoke cannot change"),
+     "a resumed run keeps its recipe and files: final_fit, recipe, smoke cannot change"),
 ])
 def test_bad_input_exits_with_one_clear_line(args, message, capsys, monkeypatch):
     def trained(*args, **kwargs):  # a bad input let through fails here, not after a whole run
@@ -214,8 +217,10 @@ def test_ctrl_c_says_how_to_carry_on_and_exits_130(monkeypatch, capsys):
     monkeypatch.setattr(runs, "train", interrupted)
     assert cli.main(["train", "--smoke", "--device", "cpu"]) == 130  # as a shell reports Ctrl-C
     assert capsys.readouterr().err == (
-        "interrupted: the checkpoints written so far are intact "
-        "(continue with: python helpers.py train --resume NAME-last.pt)\n")
+        "interrupted (continue with: python helpers.py train --resume NAME-last.pt)\n")
+    monkeypatch.setattr(cli, "evaluate_command", interrupted)  # the parser is built in main()
+    assert cli.main(["evaluate", "x.pt"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"  # nothing written to carry on from
 
 
 @pytest.mark.parametrize("args, hint", [

@@ -552,8 +552,8 @@ def test_resume_takes_only_epochs_and_compile_from_the_command(tmp_path):
     assert resumed == replace(recipe, epochs=9, compile=True) and state == {"history": {}}
     with pytest.raises(ValueError) as refused:  # anything else is refused, not dropped
         runs.resumed_recipe(tmp_path / "last.pt", epochs=9, batch_size=7, lr=0.5)
-    assert str(refused.value) == ("a resumed run keeps its recipe: batch_size, lr cannot change "
-                                  "(only epochs and compile may)")
+    assert str(refused.value) == ("a resumed run keeps its recipe and files: batch_size, lr "
+                                  "cannot change (only epochs and compile may)")
     # a checkpoint with a training state but no recipe is not a run's last checkpoint
     helpers.save_checkpoint(tmp_path / "odd.pt", helpers.build_model("original"),
                             training_state={"history": {}})
