@@ -1,10 +1,10 @@
-"""What the notebooks teach, in the order of the stages: data, the network, loss and optimizer, the
-training loop, prediction, checkpoints. Notebook 6's train_one_epoch, evaluate, EarlyStopping and
-fit, notebook 7's feature_maps and occlusion_map, notebook 8's sign_test and notebook 10's
-compare_seeds are written out in their notebooks as they are here (a test compares them); the
-notebooks call the rest. What students never need to read (dataset integrity, the checkpoint
-file, the course's runner with resume, mixed precision and one-cycle, the command line) is in
-`machinery/`."""
+"""What the notebooks teach, in the order of the stages: data, the networks, loss and optimizer, the
+training loop with its checkpoints, prediction, evaluation, loading a checkpoint back, seeds against
+noise. Notebook 6's train_one_epoch, evaluate, EarlyStopping and fit, notebook 7's feature_maps and
+occlusion_map, notebook 8's sign_test and notebook 10's compare_seeds are written out in their
+notebooks as they are here (a test compares them); the notebooks call the rest. What students never
+need to read (dataset integrity, the checkpoint file, the course's runner with resume, mixed
+precision and one-cycle, the command line) is in `machinery/`."""
 from __future__ import annotations
 
 import math
@@ -110,7 +110,8 @@ class FMnistCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_block3(self.conv_block2(self.conv_block1(x)))
         x = self.batch_norm(self.linear1(x.flatten(1)))
-        return self.linear2(torch.relu(self.dropout(x)))  # logits: CrossEntropyLoss adds softmax
+        # logits: CrossEntropyLoss applies log-softmax itself
+        return self.linear2(torch.relu(self.dropout(x)))
 
 
 # The course's networks by name: a new network is one entry here (and a recipe that names it).

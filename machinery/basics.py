@@ -60,7 +60,8 @@ def machine() -> str:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """'auto' picks the GPU when there is one; 'cpu', 'cuda', 'cuda:1', 'mps' pick that device."""
+    """'auto' picks a CUDA GPU when there is one (never MPS: the course is not measured there);
+    'cpu', 'cuda', 'cuda:1', 'mps' pick that device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -70,6 +71,9 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but this machine has no CUDA GPU: "
                          "use cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        present = ", ".join(f"cuda:{i}" for i in range(torch.cuda.device_count()))
+        raise ValueError(f"device {name!r} asked for, but this machine has only {present}")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {name!r} asked for, but MPS is not available here: "
                          "use cpu or auto")

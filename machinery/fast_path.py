@@ -13,6 +13,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets
 
+
 def dataset_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """The uint8 images [N, 28, 28] and labels [N] behind a FashionMNIST dataset or a Subset of
     one."""

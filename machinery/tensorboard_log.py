@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+
 def read_scalars(run_dir: Path | str) -> dict[str, tuple[list[int], list[float]]]:
     """Every scalar series of a TensorBoard run, read with TensorBoard's own reader:
     tag -> (steps, values)."""

@@ -264,6 +264,7 @@ def test_the_machine_line_reads_the_cpu_model_or_says_cpu(cpuinfo, named, tmp_pa
 
 def test_pick_device_on_a_machine_with_a_gpu_and_with_mps(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     assert helpers.pick_device("auto") == torch.device("cuda")
     assert helpers.pick_device("cuda:1") == torch.device("cuda:1")
@@ -283,6 +284,15 @@ def test_pick_device_says_what_is_missing_and_what_to_use(monkeypatch):
         with pytest.raises(ValueError) as error:
             helpers.pick_device(name)
         assert str(error.value) == message
+
+
+def test_pick_device_refuses_a_gpu_number_the_machine_lacks(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert helpers.pick_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ValueError) as error:
+        helpers.pick_device("cuda:2")
+    assert str(error.value) == "device 'cuda:2' asked for, but this machine has only cuda:0, cuda:1"
 
 
 def test_a_checkpoint_outside_the_course_folders_is_named_by_its_whole_path(tmp_path):
