@@ -233,10 +233,10 @@ def check_one_cycle_length(resume: Path | str, schedule, epochs: int, steps_per_
 
 def log_epoch(writer, model: nn.Module, epoch: int, metrics: dict, lr: float) -> None:
     """The epoch's curves and histograms; step = epoch, so a resumed run continues the curves."""
-    for tag, key in (("loss/train", "train_loss"), ("loss/valid", "valid_loss"),
-                     ("accuracy/valid", "valid_accuracy")):
-        writer.add_scalar(tag, metrics[key], epoch)
-    writer.add_scalar("learning_rate", lr, epoch)
+    values = {"loss/train": metrics["train_loss"], "loss/valid": metrics["valid_loss"],
+              "accuracy/valid": metrics["valid_accuracy"], "learning_rate": lr}
+    for tag, value in values.items():
+        writer.add_scalar(tag, value, epoch)
     log_histograms(writer, model, epoch)
     writer.flush()
 

@@ -415,16 +415,14 @@ def test_resume_carries_the_runs_settings_paths_and_tensorboard_folder(wiring, d
     assert main("train", "--batch-size", "40", "--epochs", "1", "--smoke", "--out", str(first),
                 "--runs", str(tmp_path / "runs"), *common) == 0
     last = tmp_path / "first-last.pt"
-    # resumed for one more epoch; its --runs is ignored: the run keeps its own TensorBoard run
-    assert main("train", "--resume", str(last), "--epochs", "2",
-                "--runs", str(tmp_path / "elsewhere"), *common) == 0
+    # resumed for one more epoch (a --runs or --out here is refused: the run keeps its files)
+    assert main("train", "--resume", str(last), "--epochs", "2", *common) == 0
     started, resumed = wiring.runs
     assert Path(resumed["resume"]) == last
     assert resumed["recipe"] == replace(started["recipe"], epochs=2)
     assert resumed["best_path"] == first and resumed["last_path"] == last
     assert resumed["run_dir"] == started["run_dir"]            # the same TensorBoard curves
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [Path(started["run_dir"]).name]
-    assert not (tmp_path / "elsewhere").exists()
     # one epoch more, on a loader of the run's batch size
     assert len(wiring.trains) == 2 and wiring.trains[1]["loader"].batch_size == 40
     assert helpers.load_checkpoint(last)[1]["epoch"] == 2
