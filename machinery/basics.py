@@ -73,7 +73,8 @@ def pick_device(name: str = "auto") -> torch.device:
                          "use cpu or auto")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         present = ", ".join(f"cuda:{i}" for i in range(torch.cuda.device_count()))
-        raise ValueError(f"device {name!r} asked for, but this machine has only {present}")
+        raise ValueError(f"device {name!r} asked for, but this machine has only {present}: "
+                         f"use one of them or auto")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {name!r} asked for, but MPS is not available here: "
                          "use cpu or auto")

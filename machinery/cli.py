@@ -153,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CourseError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # only training writes checkpoints to carry on from
-        resumable = (" (continue with: python helpers.py train --resume NAME-last.pt)"
-                     if args.run is train_command else "")
+    except KeyboardInterrupt as interrupt:  # a run with a finished epoch names its checkpoint
+        last = getattr(interrupt, "last_path", None)
+        resumable = f" (continue with: python helpers.py train --resume {last})" if last else ""
         print(f"interrupted{resumable}", file=sys.stderr)
         return 130
     return 0

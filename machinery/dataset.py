@@ -54,22 +54,30 @@ def find_original_file(folder: Path, name: str) -> Path | None:
     return None
 
 
+def read_chunk(source, src: Path) -> bytes:
+    """The next MiB of the open file `source` (src); a failed read blames src, not the copy."""
+    try:
+        return source.read(1 << 20)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # zlib: bad deflate data
+        raise DatasetError(f"{src} is truncated or corrupt ({e}): replace it with a good copy, or "
+                           + HOW_TO_GET_DATA) from None
+    except OSError as e:  # mid-file: a failing disk, a network folder gone (no file name given)
+        raise DatasetError(f"cannot read {src} ({e.strerror or e}): " + HOW_TO_GET_DATA) from None
+
+
 def copy_decompressed(src: Path, dest: Path) -> None:
     """Copy src (gz or plain) to dest decompressed, check its SHA-256, then move it into place."""
     digest = hashlib.sha256()
     try:
         opener = gzip.open if src.suffix == ".gz" else open
         with opener(src, "rb") as fin, atomic_write(dest) as fout:
-            while chunk := fin.read(1 << 20):
+            while chunk := read_chunk(fin, src):
                 fout.write(chunk)
                 digest.update(chunk)
             if digest.hexdigest() != RAW_SHA256[dest.name]:  # raised inside: dest is untouched
                 raise DatasetError(f"{src} is not the original Fashion-MNIST file (SHA-256 "
                                    f"mismatch): replace it with a good copy, or " + HOW_TO_GET_DATA)
-    except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # the source's bytes; zlib: deflate
-        raise DatasetError(f"{src} is truncated or corrupt ({e}): replace it with a good copy, or "
-                           + HOW_TO_GET_DATA) from None
-    except OSError as e:  # opening the source names it; any other comes from writing the copy
+    except OSError as e:  # reads raise DatasetError: this is opening src, or writing the copy
         if str(e.filename) == str(src):
             unreadable = isinstance(e, PermissionError)
             fix = "give yourself read permission on it, or " if unreadable else ""

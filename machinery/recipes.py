@@ -22,9 +22,9 @@ class Recipe:
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.0
-    lr_factor: float = 0.1          # ReduceLROnPlateau: multiply the lr by this once more ...
-    lr_patience: int = 4            # ... than this many epochs in a row bring no better valid loss
-    stop_patience: int = 7          # early stopping: stop once this many epochs in a row do
+    lr_factor: float = 0.1          # ReduceLROnPlateau multiplies the lr by this when ...
+    lr_patience: int = 4            # ... more than this many epochs in a row bring no better loss
+    stop_patience: int = 7          # early stopping: stop when this many epochs in a row bring none
     seed: int = 0
     train_size: int | None = None   # None: all 50,000 training images
     valid_size: int | None = None   # None: all 10,000 validation images

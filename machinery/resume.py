@@ -95,6 +95,6 @@ def interrupted_note(epoch: int, last_path: Path | str | None) -> str:
     if epoch == 1:
         return "interrupted during epoch 1: no epoch finished, so there is no checkpoint yet"
     if not last_path:
-        return f"interrupted during epoch {epoch}: this run kept no checkpoints"
+        return f"interrupted during epoch {epoch}: this run kept no checkpoint to resume from"
     return (f"interrupted during epoch {epoch}: {last_path} holds epoch {epoch - 1}; continue "
             f"with train_run(..., resume={str(last_path)!r})")

@@ -46,12 +46,20 @@ def checkpoint_recipe(path: Path, meta: dict) -> Recipe | None:
                               f"saved by another version of the course") from error
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; last_path holds its last finished epoch (None: no epoch finished)."""
+
+    def __init__(self, last_path: Path | str | None) -> None:
+        super().__init__()
+        self.last_path = last_path
+
+
 RESUME_CHANGES = ("epochs", "compile")  # what a resumed run may change: train longer, compile
 
 
 def resumed_recipe(last_checkpoint: Path | str, **overrides) -> tuple[Recipe, dict]:
     """The recipe and training state of an interrupted run; only epochs and compile may change
-    (its checkpoints and TensorBoard folder stay where the run put them)."""
+    (its files stay where the run recorded them, or the defaults where it recorded none)."""
     fixed = [name for name, value in overrides.items() if value and name not in RESUME_CHANGES]
     if fixed:  # refused, not dropped: the run would silently go on with its own settings
         raise ValueError(f"a resumed run keeps its recipe and files: {', '.join(fixed)} cannot "
@@ -86,8 +94,8 @@ def train(recipe: Recipe, device: torch.device, *, data: Path | str, runs: Path 
     model, history, minutes = engine.train_run(recipe, train_set, valid_set, device,
                                                run_dir=run_dir, best_path=best_path,
                                                last_path=last_path, resume=resume, log=log)
-    if history.interrupted:
-        raise KeyboardInterrupt
+    if history.interrupted:  # the command line names the checkpoint to carry on from
+        raise RunInterrupted(last_path if history.epochs else None)
     test_loader = engine.make_eval_loader(recipe, test_set, device)
     loss_fn = nn.CrossEntropyLoss()  # test loss without label smoothing, comparable across recipes
     report = {"recipe": recipe.name, "model": recipe.network, "epochs": history.epochs,

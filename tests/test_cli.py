@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import termios
+from pathlib import Path
 
 import pytest
 import torch
@@ -214,10 +215,16 @@ def test_ctrl_c_says_how_to_carry_on_and_exits_130(monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runs, "train", interrupted)
+    def interrupted_after_an_epoch(*args, **kwargs):
+        raise runs.RunInterrupted(Path("checkpoints/original-smoke-last.pt"))
+
+    monkeypatch.setattr(runs, "train", interrupted_after_an_epoch)
     assert cli.main(["train", "--smoke", "--device", "cpu"]) == 130  # as a shell reports Ctrl-C
-    assert capsys.readouterr().err == (
-        "interrupted (continue with: python helpers.py train --resume NAME-last.pt)\n")
+    assert capsys.readouterr().err == ("interrupted (continue with: python helpers.py train "
+                                       "--resume checkpoints/original-smoke-last.pt)\n")
+    monkeypatch.setattr(runs, "train", interrupted)  # e.g. while loading the data: nothing kept
+    assert cli.main(["train", "--smoke", "--device", "cpu"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
     monkeypatch.setattr(cli, "evaluate_command", interrupted)  # the parser is built in main()
     assert cli.main(["evaluate", "x.pt"]) == 130
     assert capsys.readouterr().err == "interrupted\n"  # nothing written to carry on from

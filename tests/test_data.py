@@ -221,8 +221,8 @@ def test_a_shuffled_loader_changes_the_order_reproducibly_from_its_seed():
 
 # ---- What mutmut's survivors of machinery/dataset.py showed untested ----------------------------
 
-def test_FMNIST_DATA_without_the_files_names_the_first_missing_one(monkeypatch, tmp_path,
-                                                                    no_local_copy):
+def test_FMNIST_DATA_without_the_files_names_every_missing_one(monkeypatch, tmp_path,
+                                                              no_local_copy):
     monkeypatch.setenv("FMNIST_DATA", str(tmp_path / "empty"))
     with pytest.raises(helpers.DatasetError) as error:
         helpers.prepare_data(tmp_path / "data")
@@ -253,6 +253,20 @@ def test_a_copy_into_a_folder_it_cannot_write_says_so(monkeypatch, tmp_path):
         dataset.copy_decompressed(DEBIAN_COPY / "t10k-labels-idx1-ubyte.gz", dest)
     assert str(error.value) == (f"cannot write {dest} (Permission denied): choose a writable "
                                 f"data folder with room for the four files (55 MB)")
+
+
+def test_a_read_failing_mid_file_is_reported_as_the_source(monkeypatch, tmp_path):
+    """A failing disk or a network folder gone: EIO with no file name, raised by read()."""
+    class FailingDisk(io.BytesIO):
+        def read(self, size=-1):
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(dataset.gzip, "open", lambda path, mode="rb": FailingDisk())
+    src, dest = DEBIAN_COPY / "t10k-labels-idx1-ubyte.gz", tmp_path / "t10k-labels-idx1-ubyte"
+    with pytest.raises(helpers.DatasetError) as error:
+        dataset.copy_decompressed(src, dest)
+    assert str(error.value).startswith(f"cannot read {src} (Input/output error): ")
+    assert not dest.exists()
 
 
 def test_a_full_disk_is_reported_as_the_copy_not_the_source(monkeypatch, tmp_path):

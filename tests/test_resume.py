@@ -393,7 +393,7 @@ def test_restore_says_where_it_resumes_from(last_checkpoint, small_recipe):
 @pytest.mark.parametrize("epoch", [2, 3, 7])
 def test_an_interrupted_run_names_the_last_finished_epoch(epoch, tmp_path):
     assert resume.interrupted_note(epoch, None) == (f"interrupted during epoch {epoch}: this "
-                                                    f"run kept no checkpoints")
+                                                    f"run kept no checkpoint to resume from")
     assert resume.interrupted_note(epoch, "x-last.pt") == (
         f"interrupted during epoch {epoch}: x-last.pt holds epoch {epoch - 1}; continue with "
         f"train_run(..., resume='x-last.pt')")

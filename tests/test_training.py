@@ -292,7 +292,8 @@ def test_pick_device_refuses_a_gpu_number_the_machine_lacks(monkeypatch):
     assert helpers.pick_device("cuda:1") == torch.device("cuda:1")
     with pytest.raises(ValueError) as error:
         helpers.pick_device("cuda:2")
-    assert str(error.value) == "device 'cuda:2' asked for, but this machine has only cuda:0, cuda:1"
+    assert str(error.value) == ("device 'cuda:2' asked for, but this machine has only cuda:0, "
+                                "cuda:1: use one of them or auto")
 
 
 def test_a_checkpoint_outside_the_course_folders_is_named_by_its_whole_path(tmp_path):

@@ -507,9 +507,28 @@ def test_train_stops_on_ctrl_c_instead_of_reporting_half_a_run(data_root, tmp_pa
         raise KeyboardInterrupt  # Ctrl-C in the first epoch
 
     monkeypatch.setattr(helpers, "train_one_epoch", stopped)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(runs.RunInterrupted) as interrupt:
         runs.train(helpers.course_recipe(smoke=True, name="original-fast"), cpu, data=data_root,
                    runs=tmp_path / "runs", out=tmp_path / "mine.pt", log=lambda line: None)
+    assert interrupt.value.last_path is None  # no epoch finished: nothing to carry on from
+
+
+def test_train_interrupted_after_an_epoch_names_its_last_checkpoint(data_root, tmp_path, cpu,
+                                                                    monkeypatch):
+    real_train_one_epoch, calls = helpers.train_one_epoch, []
+
+    def stopped_in_epoch_2(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train_one_epoch(*args)
+
+    monkeypatch.setattr(helpers, "train_one_epoch", stopped_in_epoch_2)
+    with pytest.raises(runs.RunInterrupted) as interrupt:
+        runs.train(helpers.course_recipe(smoke=True, name="original-fast"), cpu, data=data_root,
+                   runs=tmp_path / "runs", out=tmp_path / "mine.pt", log=lambda line: None)
+    assert interrupt.value.last_path == tmp_path / "mine-last.pt"
+    assert helpers.read_checkpoint(interrupt.value.last_path)["epoch"] == 1
 
 
 # ---- What mutmut's survivors of machinery/runs.py showed untested -------------------------------
