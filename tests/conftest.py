@@ -35,6 +35,23 @@ def small_sets(data_root, small_recipe):
 
 
 @pytest.fixture
+def ctrl_c_in_epoch(monkeypatch):
+    """Call it with N: helpers.train_one_epoch raises KeyboardInterrupt in epoch N, as Ctrl-C (or
+    Colab's stop button) would."""
+    def press(epoch: int) -> None:
+        real_train_one_epoch, calls = helpers.train_one_epoch, []
+
+        def train_one_epoch(*args):
+            calls.append(1)
+            if len(calls) == epoch:
+                raise KeyboardInterrupt
+            return real_train_one_epoch(*args)
+
+        monkeypatch.setattr(helpers, "train_one_epoch", train_one_epoch)
+    return press
+
+
+@pytest.fixture
 def cpu() -> torch.device:
     return torch.device("cpu")
 

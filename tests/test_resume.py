@@ -39,17 +39,8 @@ def test_resumed_run_ends_with_the_same_weights(small_sets, small_recipe, tmp_pa
 
 
 def test_ctrl_c_ends_the_run_cleanly_with_checkpoints_intact(small_sets, small_recipe, tmp_path,
-                                                             monkeypatch):
-    real_train_one_epoch = helpers.train_one_epoch
-    calls = []
-
-    def interrupted_in_epoch_3(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_train_one_epoch(*args)
-
-    monkeypatch.setattr(helpers, "train_one_epoch", interrupted_in_epoch_3)
+                                                             ctrl_c_in_epoch):
+    ctrl_c_in_epoch(3)
     _, history, lines = small_run(small_sets, small_recipe, tmp_path, epochs=5,
                                   last_path=tmp_path / "last.pt", best_path=tmp_path / "best.pt")
     assert history.interrupted and history.epochs == 2

@@ -502,11 +502,8 @@ def test_train_reports_the_epochs_a_run_stopped_early_at(wiring, data_root, tmp_
 
 
 def test_train_stops_on_ctrl_c_instead_of_reporting_half_a_run(data_root, tmp_path, cpu,
-                                                             monkeypatch):
-    def stopped(*args, **kwargs):
-        raise KeyboardInterrupt  # Ctrl-C in the first epoch
-
-    monkeypatch.setattr(helpers, "train_one_epoch", stopped)
+                                                             ctrl_c_in_epoch):
+    ctrl_c_in_epoch(1)
     with pytest.raises(runs.RunInterrupted) as interrupt:
         runs.train(helpers.course_recipe(smoke=True, name="original-fast"), cpu, data=data_root,
                    runs=tmp_path / "runs", out=tmp_path / "mine.pt", log=lambda line: None)
@@ -514,16 +511,8 @@ def test_train_stops_on_ctrl_c_instead_of_reporting_half_a_run(data_root, tmp_pa
 
 
 def test_train_interrupted_after_an_epoch_names_its_last_checkpoint(data_root, tmp_path, cpu,
-                                                                    monkeypatch):
-    real_train_one_epoch, calls = helpers.train_one_epoch, []
-
-    def stopped_in_epoch_2(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_train_one_epoch(*args)
-
-    monkeypatch.setattr(helpers, "train_one_epoch", stopped_in_epoch_2)
+                                                                    ctrl_c_in_epoch):
+    ctrl_c_in_epoch(2)
     with pytest.raises(runs.RunInterrupted) as interrupt:
         runs.train(helpers.course_recipe(smoke=True, name="original-fast"), cpu, data=data_root,
                    runs=tmp_path / "runs", out=tmp_path / "mine.pt", log=lambda line: None)
