@@ -54,6 +54,12 @@ def find_original_file(folder: Path, name: str) -> Path | None:
     return None
 
 
+def unreadable(src: Path, error: OSError) -> DatasetError:
+    """The error for a source file that cannot be opened or read to its end."""
+    fix = "give yourself read permission on it, or " if isinstance(error, PermissionError) else ""
+    return DatasetError(f"cannot read {src} ({error.strerror or error}): {fix}{HOW_TO_GET_DATA}")
+
+
 def read_chunk(source, src: Path) -> bytes:
     """The next MiB of the open file `source` (src); a failed read blames src, not the copy."""
     try:
@@ -62,7 +68,7 @@ def read_chunk(source, src: Path) -> bytes:
         raise DatasetError(f"{src} is truncated or corrupt ({e}): replace it with a good copy, or "
                            + HOW_TO_GET_DATA) from None
     except OSError as e:  # mid-file: a failing disk, a network folder gone (no file name given)
-        raise DatasetError(f"cannot read {src} ({e.strerror or e}): " + HOW_TO_GET_DATA) from None
+        raise unreadable(src, e) from None
 
 
 def copy_decompressed(src: Path, dest: Path) -> None:
@@ -79,10 +85,7 @@ def copy_decompressed(src: Path, dest: Path) -> None:
                                    f"mismatch): replace it with a good copy, or " + HOW_TO_GET_DATA)
     except OSError as e:  # reads raise DatasetError: this is opening src, or writing the copy
         if str(e.filename) == str(src):
-            unreadable = isinstance(e, PermissionError)
-            fix = "give yourself read permission on it, or " if unreadable else ""
-            raise DatasetError(f"cannot read {src} ({e.strerror}): {fix}"
-                               f"{HOW_TO_GET_DATA}") from None
+            raise unreadable(src, e) from None
         raise DatasetError(f"cannot write {dest} ({e.strerror or e}): choose a writable data "
                            f"folder with room for the four files (55 MB)") from None
 
