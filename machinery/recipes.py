@@ -120,8 +120,9 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
 
 
 # Smoke mode (the tests, CI): every code path of a run, on this many training, validation and test
-# images, for two epochs -- enough for every line to run, small enough for the suite's budget.
-SMOKE_SIZES = {"train_size": 2000, "valid_size": 500, "test_size": 500}
+# images, for two epochs -- enough for every line to run, small enough for the suite's budget
+# (half of the 2,000 / 500 / 500 of before took the suite from 360 to 300 s on a 2-core EPYC).
+SMOKE_SIZES = {"train_size": 1000, "valid_size": 250, "test_size": 250}
 
 
 def smoke_sized(recipe: Recipe, smoke: bool | None = None) -> Recipe:

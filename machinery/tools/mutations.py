@@ -56,8 +56,8 @@ MUTANTS = [
            "return DeviceLoader(dataset, 1000, device=device, augment=recipe.augment)", FAST),
     Mutant("ladder rungs not cumulative", "machinery/recipes.py", "recipe = replace(recipe, name=",
            'recipe = replace(RECIPES["original-fast"], name=', STAGE10),
-    Mutant("smoke mode uses 200 training images", "machinery/recipes.py", '"train_size": 2000',
-           '"train_size": 200', DATA),
+    Mutant("smoke mode keeps every image", "machinery/recipes.py",
+           "replace(recipe, epochs=2, **SMOKE_SIZES)", "replace(recipe, epochs=2)", DATA),
     # the loop
     Mutant("epoch loss: mean of batch means", "helpers.py", "seen += len(labels)\n", "seen += 1\n",
            LOOP),
