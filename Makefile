@@ -49,7 +49,7 @@ $(STAMP): requirements.txt
 	@$(PY) -c "import torch, torchvision, tensorboard, nbval; print('torch', torch.__version__, '| torchvision', torchvision.__version__, '| tensorboard', tensorboard.__version__)"
 	@touch $(STAMP)
 
-# FMNIST_SMOKE=1 make train: a check of the whole chain in seconds (17 s on a 2-core Xeon, .venv
+# FMNIST_SMOKE=1 make train: a check of the whole chain in seconds (14 s on a 2-core AMD EPYC, .venv
 # already set up); helpers.py train then writes checkpoints/original-smoke.pt, so that is the one
 # to evaluate; FMNIST_CHECKPOINTS moves the folder, as it does for helpers.py train
 CHECKPOINT_DIR = $(or $(FMNIST_CHECKPOINTS),checkpoints)

@@ -56,7 +56,7 @@ def load_datasets(recipe: Recipe | None = None, root: Path | str = DATA_ROOT,
                   transform=None) -> tuple[Dataset, Dataset, Dataset]:
     """Train, validation and test sets as torchvision datasets (ToTensor by default).
 
-    The recipe's sizes (smoke mode: a few thousand images) keep the first images of each set.
+    The recipe's sizes (smoke mode: 1,000 training images) keep the first images of each set.
     `transform` applies to all three sets alike: augment the training images in the loop."""
     recipe = recipe or course_recipe()
     transform = transform or transforms.ToTensor()

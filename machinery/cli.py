@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .basics import DATA_ROOT, RUNS_ROOT, CourseError, pick_device
-from .recipes import RECIPES
+from .recipes import RECIPES, SMOKE_SIZES
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -110,7 +110,8 @@ def make_parser() -> argparse.ArgumentParser:
                        help="torch.compile the network, with CUDA graphs on a GPU (the first "
                        "batches pay for compiling; slower than plain PyTorch on a CPU)")
     train.add_argument("--smoke", action="store_true",
-                       help="a few thousand images, 2 epochs (as FMNIST_SMOKE=1)")
+                       help=f"{SMOKE_SIZES['train_size']:,} training images, 2 epochs "
+                       "(as FMNIST_SMOKE=1)")
     train.add_argument("--final-fit", action="store_true",
                        help="train on all 60,000 images, the validation ones too: only for a "
                        "recipe already chosen on validation (nothing is held out to check it)")

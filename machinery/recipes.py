@@ -121,7 +121,8 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
 
 # Smoke mode (the tests, CI): every code path of a run, on this many training, validation and test
 # images, for two epochs -- enough for every line to run, small enough for the suite's budget
-# (half of the 2,000 / 500 / 500 of before took the suite from 360 to 300 s on a 2-core EPYC).
+# (halving the 2,000 / 500 / 500 of before took the suite from 360 to about 300 s on a 2-core
+# EPYC).
 SMOKE_SIZES = {"train_size": 1000, "valid_size": 250, "test_size": 250}
 
 
@@ -134,7 +135,7 @@ def smoke_sized(recipe: Recipe, smoke: bool | None = None) -> Recipe:
 
 
 def course_recipe(name: str = "original", smoke: bool | None = None, **changes) -> Recipe:
-    """A course recipe by name (see RECIPES), with `changes`; in smoke mode a few thousand images
+    """A course recipe by name (see RECIPES), with `changes`; in smoke mode SMOKE_SIZES images
     and two epochs."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}")

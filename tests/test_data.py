@@ -83,6 +83,15 @@ def test_smoke_subsets_are_small_and_drawn_from_the_same_split(data_root):
     assert torch.equal(train[7][0], full_train[7][0])
 
 
+def test_the_readme_and_helpers_state_smoke_modes_sizes():
+    """The smoke sizes are written out where people read them: kept in step with SMOKE_SIZES."""
+    train, valid, test = (f"{size:,}" for size in SMOKE_SIZES.values())
+    readme = (helpers.REPO_ROOT / "README.md").read_text()
+    assert f"| smoke mode: {train} / {valid} / {test} images and 2 epochs," in readme
+    assert f"runs the same code on {train} training images" in readme
+    assert f"smoke mode: {train} training images" in helpers.load_datasets.__doc__
+
+
 def test_local_copy_is_found_through_FMNIST_DATA(monkeypatch, tmp_path, data_root, no_local_copy):
     # A folder of plain (decompressed) originals, as a student might have from elsewhere.
     copy = tmp_path / "my-copy"

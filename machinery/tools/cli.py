@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 from ..cli import OneLineParser
-from ..recipes import LADDER
+from ..recipes import LADDER, SMOKE_SIZES
+
+SMOKE_HELP = f"{SMOKE_SIZES['train_size']:,} training images, 2 epochs"
 
 
 class ToolsParser(OneLineParser):
@@ -132,7 +134,7 @@ def study_options(parser: argparse.ArgumentParser, out: str, where: str) -> None
     parser.add_argument("--out", type=Path, default=Path(out), help=where)
     parser.add_argument("--workers", type=int, default=1, help="runs at a time (processes)")
     parser.add_argument("--minutes", type=float, help="stop runs that would end later than this")
-    parser.add_argument("--smoke", action="store_true", help="a few thousand images, 2 epochs")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
 
 
 def run_mutate(args) -> int:
@@ -193,7 +195,7 @@ def make_parser() -> argparse.ArgumentParser:
                                 help="train a recipe variant; report validation figures only")
     trial.add_argument("recipe")
     trial.add_argument("changes", nargs="*", metavar="KEY=VALUE")
-    trial.add_argument("--smoke", action="store_true", help="a few thousand images, 2 epochs")
+    trial.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     trial.add_argument("--out", type=Path, help="checkpoints and runs under this folder")
     trial.set_defaults(run=run_trial)
     flip = commands.add_parser("flip", help="flip test-time augmentation against none, counted "
