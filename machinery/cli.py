@@ -10,6 +10,8 @@ from pathlib import Path
 from .basics import DATA_ROOT, RUNS_ROOT, CourseError, pick_device
 from .recipes import RECIPES, SMOKE_SIZES
 
+SMOKE_HELP = f"{SMOKE_SIZES['train_size']:,} training images, 2 epochs"  # every --smoke
+
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad argument in one line instead of the usage block."""
@@ -110,8 +112,7 @@ def make_parser() -> argparse.ArgumentParser:
                        help="torch.compile the network, with CUDA graphs on a GPU (the first "
                        "batches pay for compiling; slower than plain PyTorch on a CPU)")
     train.add_argument("--smoke", action="store_true",
-                       help=f"{SMOKE_SIZES['train_size']:,} training images, 2 epochs "
-                       "(as FMNIST_SMOKE=1)")
+                       help=f"{SMOKE_HELP} (as FMNIST_SMOKE=1)")
     train.add_argument("--final-fit", action="store_true",
                        help="train on all 60,000 images, the validation ones too: only for a "
                        "recipe already chosen on validation (nothing is held out to check it)")

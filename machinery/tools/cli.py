@@ -7,10 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli import OneLineParser
-from ..recipes import LADDER, SMOKE_SIZES
-
-SMOKE_HELP = f"{SMOKE_SIZES['train_size']:,} training images, 2 epochs"
+from ..cli import SMOKE_HELP, OneLineParser
+from ..recipes import LADDER
 
 
 class ToolsParser(OneLineParser):
