@@ -119,8 +119,8 @@ def prepare_data(root: Path | str = DATA_ROOT) -> Path:
                            f"pass a writable folder as the data root") from None
     missing = [n for n in RAW_SHA256 if not (raw / n).is_file()]
     if missing:
-        absent = [n for n in missing if os.environ.get("FMNIST_DATA")
-                  and not find_original_file(local_copy_dirs()[0], n)]  # FMNIST_DATA comes first
+        named = local_copy_dirs()[0] if os.environ.get("FMNIST_DATA") else None  # listed first
+        absent = [n for n in missing if named and not find_original_file(named, n)]
         if absent:
             names = ", ".join(f"{name}.gz" for name in absent)
             raise DatasetError(f"FMNIST_DATA={os.environ['FMNIST_DATA']} does not hold all four "
