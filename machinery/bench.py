@@ -10,9 +10,11 @@ import os
 import statistics
 import time
 from dataclasses import replace
+from pathlib import Path
 from unittest.mock import patch
 
 import torch
+from torch.utils.data import Dataset
 
 import helpers
 from .engine import (evaluated, make_eval_loader, make_train_loader, make_training,
@@ -27,7 +29,8 @@ from .recipes import Recipe
 ORIGINAL_EPOCHS_TO_93 = 11
 
 
-def images_per_second(model, loader, device, precision=None) -> float:
+def images_per_second(model: torch.nn.Module, loader, device: torch.device,
+                      precision: torch.dtype | None = None) -> float:
     """Training throughput of one pass over `loader`, after a few untimed warm-up steps."""
     model, optimizer = with_precision(model, torch.optim.Adam(model.parameters(), lr=1e-3),
                                       device, precision)
@@ -89,7 +92,8 @@ def bench(images: int = 8192, rounds: int = 3, compiled: bool | None = None) -> 
     return report
 
 
-def seeded_run(recipe, train_set, test_set, device) -> tuple:
+def seeded_run(recipe: Recipe, train_set: Dataset, test_set: Dataset,
+               device: torch.device) -> tuple:
     """A recipe's seeded start: train and test loaders, a fresh network, optimizer, scheduler,
     loss."""
     generator = helpers.seed_everything(recipe.seed)
@@ -98,7 +102,8 @@ def seeded_run(recipe, train_set, test_set, device) -> tuple:
     return (train_loader, test_loader, *make_training(recipe, device, len(train_loader)))
 
 
-def time_to_accuracy(recipe, train_set, test_set, device, target: float = 0.93) -> dict:
+def time_to_accuracy(recipe: Recipe, train_set: Dataset, test_set: Dataset,
+                     device: torch.device, target: float = 0.93) -> dict:
     """Wall time of a recipe until its test accuracy, checked after every epoch, first reaches
     `target` (the DAWNBench convention: a speed measured, nothing chosen by it).
 
@@ -128,7 +133,8 @@ def time_to_accuracy(recipe, train_set, test_set, device, target: float = 0.93) 
             "recipe": recipe.name}
 
 
-def original_epoch_seconds(train_set, valid_set, device, images: int = 8192) -> float:
+def original_epoch_seconds(train_set: Dataset, valid_set: Dataset, device: torch.device,
+                           images: int = 8192) -> float:
     """Seconds one epoch of the original recipe takes here: a timed share of its training images
     (batch 16 through a DataLoader, as notebook 6 trains) and of its validation, scaled up."""
     model = helpers.build_model("original").to(device)
@@ -142,7 +148,8 @@ def original_epoch_seconds(train_set, valid_set, device, images: int = 8192) -> 
     return train_seconds + valid_seconds
 
 
-def run_minutes(recipe: Recipe, train_set, valid_set, device, share: float = 0.125) -> float:
+def run_minutes(recipe: Recipe, train_set: Dataset, valid_set: Dataset, device: torch.device,
+                share: float = 0.125) -> float:
     """Minutes a recipe's whole run takes on this machine: one epoch of its own loaders,
     network, optimizer, schedule and precision (engine.run_epochs) on a share of the training
     and validation images, timed after an untimed warm-up, scaled to the full sets and epochs."""
@@ -169,7 +176,7 @@ def run_minutes(recipe: Recipe, train_set, valid_set, device, share: float = 0.1
     return seconds * len(train_set) / images * recipe.epochs / 60
 
 
-def sprint_run(recipe: Recipe, device, root=helpers.DATA_ROOT,
+def sprint_run(recipe: Recipe, device: torch.device, root: Path | str = helpers.DATA_ROOT,
                test: bool = True) -> tuple[dict, torch.nn.Module]:
     """One seeded run of a recipe, timed from loading the data to its test accuracy; its figures
     and the trained network.
@@ -195,8 +202,8 @@ def sprint_run(recipe: Recipe, device, root=helpers.DATA_ROOT,
     return result, model
 
 
-def sprint_bench(recipe: Recipe | None = None, rounds: int = 3, root=helpers.DATA_ROOT,
-                 images: int = 8192) -> dict:
+def sprint_bench(recipe: Recipe | None = None, rounds: int = 3,
+                 root: Path | str = helpers.DATA_ROOT, images: int = 8192) -> dict:
     """The sprint recipe (seeds 0, 1, 2, ...) against the original recipe's time to 93%
     validation accuracy, measured in the same run: the median wall times and their ratio."""
     recipe = recipe or helpers.course_recipe(smoke=False, name="sprint")

@@ -8,6 +8,7 @@ uninterrupted runs differ a little).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,9 @@ def set_rng_state(state: dict, loader) -> None:
         loader.generator.set_state(state["loader"].cpu())
 
 
-def training_state(optimizer, scheduler, early_stopping, history, train_loader,
-                   writer=None, best_path: Path | str | None = None, scaler=None) -> dict:
+def training_state(optimizer: torch.optim.Optimizer, scheduler, early_stopping, history,
+                   train_loader, writer=None, best_path: Path | str | None = None,
+                   scaler: torch.amp.GradScaler | None = None) -> dict:
     """What a last checkpoint holds besides the weights, to resume exactly where it stopped."""
     return {
         "run_dir": str(writer.log_dir) if hasattr(writer, "log_dir") else None,  # TensorBoard
@@ -58,8 +60,10 @@ def training_state(optimizer, scheduler, early_stopping, history, train_loader,
     }
 
 
-def restore_training(path: Path | str, network: str, model, optimizer, scheduler, early_stopping,
-                     train_loader, device, scaler=None, log=print) -> dict:
+def restore_training(path: Path | str, network: str, model: torch.nn.Module,
+                     optimizer: torch.optim.Optimizer, scheduler, early_stopping, train_loader,
+                     device: torch.device, scaler: torch.amp.GradScaler | None = None,
+                     log: Callable[[str], None] = print) -> dict:
     """Load a last checkpoint's weights and training state into fresh objects; returns its
     history's fields."""
     payload = read_checkpoint(path, device)
