@@ -5,7 +5,7 @@
 #   make test-colab   the tests again on Colab's stack (Python 3.13, requirements-colab.txt) in
 #                .venv-colab; CI runs it after make test
 # The setup step creates .venv with `$(PYTHON) -m venv` and re-runs pip only when
-# requirements.txt is newer than .venv/.installed.
+# requirements.txt is newer than .venv/.installed; PYTHON counts only when .venv is created.
 
 PYTHON ?= python3
 LAB_ARGS ?=
@@ -30,7 +30,8 @@ help:
 	@echo "make lab     set up .venv from requirements.txt, open notebooks/ in JupyterLab"
 	@echo "make test-colab   the tests on Colab's stack: Python 3.13 and requirements-colab.txt, in $(COLAB_VENV)"
 	@echo "make venv    only the setup step (re-runs pip when requirements.txt is newer than $(STAMP))"
-	@echo "Another interpreter: make train PYTHON=python3.12; JupyterLab options: make lab LAB_ARGS=--no-browser"
+	@echo "Another interpreter (a new .venv): rm -rf $(VENV) && make train PYTHON=python3.12"
+	@echo "JupyterLab options: make lab LAB_ARGS=--no-browser"
 
 venv: $(STAMP)
 
@@ -53,7 +54,8 @@ $(STAMP): requirements.txt
 # already set up); helpers.py train then writes checkpoints/original-smoke.pt, so that is the one
 # to evaluate; FMNIST_CHECKPOINTS moves the folder, as it does for helpers.py train
 CHECKPOINT_DIR = $(or $(FMNIST_CHECKPOINTS),checkpoints)
-SMOKE_SUFFIX = $(if $(filter-out 0 false no,$(strip $(FMNIST_SMOKE))),-smoke)
+# off as in machinery/basics.smoke_mode, which lower-cases first
+SMOKE_SUFFIX = $(if $(filter-out 0 false False FALSE no No NO,$(strip $(FMNIST_SMOKE))),-smoke)
 BEST = $(CHECKPOINT_DIR)/original$(SMOKE_SUFFIX).pt
 
 train: $(STAMP)

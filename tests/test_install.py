@@ -106,6 +106,16 @@ def test_make_train_in_smoke_mode_evaluates_the_checkpoint_it_wrote():
 
 
 @needs_make
+@pytest.mark.parametrize("value", ["1", "yes", "True", "0", "false", "False", "FALSE", "no", "NO"])
+def test_make_train_reads_fmnist_smoke_as_the_course_does(value, monkeypatch):
+    """`FMNIST_SMOKE=False make train` trains in full mode, so it evaluates original.pt."""
+    monkeypatch.setenv("FMNIST_SMOKE", value)
+    best = helpers.checkpoint_paths(helpers.course_recipe())[0].relative_to(helpers.REPO_ROOT)
+    assert make_dry_run("train", env={"FMNIST_SMOKE": value})[-1] == \
+        f".venv/bin/python helpers.py evaluate {best.as_posix()} --json"
+
+
+@needs_make
 def test_make_train_evaluates_where_fmnist_checkpoints_moved_the_checkpoints(tmp_path):
     moved = make_dry_run("train", env={"FMNIST_SMOKE": "0", "FMNIST_CHECKPOINTS": str(tmp_path)})
     assert moved[-1] == f".venv/bin/python helpers.py evaluate {tmp_path}/original.pt --json"
