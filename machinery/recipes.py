@@ -184,7 +184,10 @@ def recipe_for_network(network: str, fast: bool = False) -> str:
 
 def variant_suffix(recipe: Recipe) -> str:
     """'-final' for a final fit, '-smoke' for a smoke run: kept apart from a real run's files."""
-    return ("-final" if recipe.final_fit else "") + ("-smoke" if recipe.train_size else "")
+    # smoke mode cuts the validation set too; a trial that only shrinks the training set
+    # (`trial ... train_size=2000`) is a real experiment, named by its setting
+    smoke = recipe.train_size is not None and recipe.valid_size is not None
+    return ("-final" if recipe.final_fit else "") + ("-smoke" if smoke else "")
 
 
 def checkpoint_paths(recipe: Recipe, folder: Path | str = CHECKPOINTS,

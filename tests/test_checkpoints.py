@@ -334,6 +334,16 @@ def test_smoke_runs_never_overwrite_a_real_runs_checkpoints(tmp_path):
     assert [p.name for p in smoke] == ["original-smoke.pt", "original-smoke-last.pt"]
 
 
+def test_a_full_run_on_fewer_training_images_is_not_named_smoke(tmp_path):
+    """`python -m machinery.tools trial original-fast train_size=2000` is a real experiment."""
+    sized = helpers.course_recipe(smoke=False, train_size=2000)
+    assert [p.name for p in helpers.checkpoint_paths(sized, tmp_path)] == \
+        ["original.pt", "original-last.pt"]
+    assert "smoke" not in helpers.run_name(sized)
+    smoke_sized = helpers.course_recipe(smoke=True, train_size=2000)  # a smoke trial of it
+    assert helpers.checkpoint_paths(smoke_sized, tmp_path)[0].name == "original-smoke.pt"
+
+
 def test_a_checkpoint_saved_on_a_gpu_loads_on_the_cpu(tmp_path, monkeypatch):
     # torch.save records each tensor's device through location_tag(); tagging them "cuda:0" writes
     # the same bytes a Colab GPU run writes, without needing a GPU here.
