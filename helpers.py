@@ -147,6 +147,9 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 def make_scheduler(optimizer: torch.optim.Optimizer,
                    recipe: Recipe) -> ReduceLROnPlateau:
     """ReduceLROnPlateau on the validation loss (no verbose=: removed in torch 2.7)."""
+    if recipe.schedule != "plateau":  # one-cycle is built by the course's runner (stage 10)
+        raise ValueError(f"recipe {recipe.name!r} uses the {recipe.schedule} schedule: "
+                         f"make_scheduler builds stage 5's plateau schedule only")
     return ReduceLROnPlateau(
         optimizer, mode="min", factor=recipe.lr_factor, patience=recipe.lr_patience)
 
@@ -385,8 +388,9 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu",
     if model is None:
         if payload.get("model") not in NETWORKS:
             raise CheckpointError(
-                f"{path} holds a {payload.get('architecture') or 'network'} the course does not "
-                f"know: pass a fresh one, load_checkpoint(path, model=YourNetwork())")
+                f"{path} holds a network of your own ({payload.get('architecture') or 'unnamed'}),"
+                f" not one of the course's: pass a fresh one, "
+                f"load_checkpoint(path, model=YourNetwork())")
         model = build_model(payload["model"])
     model = load_weights(model, payload, path).to(device).eval()
     return model, {k: v for k, v in payload.items() if k not in ("state_dict", "training_state")}

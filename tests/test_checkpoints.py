@@ -247,8 +247,8 @@ def test_a_network_the_course_does_not_know_needs_one_passed_in(tmp_path):
     payload["model"], payload["architecture"] = None, "TransformerNet"
     torch.save(payload, path)
     with pytest.raises(helpers.CheckpointError,
-                       match=r"model\.pt holds a TransformerNet the course "
-                             r"does not know: pass a fresh one, "
+                       match=r"model\.pt holds a network of your own \(TransformerNet\), "
+                             r"not one of the course's: pass a fresh one, "
                              r"load_checkpoint\(path, model=YourNetwork\(\)\)"):
         helpers.load_checkpoint(path)
     model, _ = helpers.load_checkpoint(path, model=helpers.build_model("original"))

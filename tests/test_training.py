@@ -90,6 +90,18 @@ def test_the_runner_keeps_a_last_checkpoint_of_the_last_epoch(small_sets, small_
     assert torch.equal(last(images), model(images))
 
 
+@pytest.mark.parametrize("name", ["original-fast", "improved", "sprint", "accurate"])
+def test_make_scheduler_refuses_a_one_cycle_recipe_instead_of_building_a_plateau(name):
+    """Stage 5's make_scheduler builds ReduceLROnPlateau; the one-cycle recipes' schedule is the
+    runner's, so a student who hands it one hears so instead of training on the wrong one."""
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    recipe = helpers.course_recipe(name=name)
+    with pytest.raises(ValueError, match=f"recipe '{name}' uses the onecycle schedule"):
+        helpers.make_scheduler(optimizer, recipe)
+    schedule = engine.make_schedule(optimizer, recipe, steps_per_epoch=10)
+    assert isinstance(schedule, torch.optim.lr_scheduler.OneCycleLR)
+
+
 def test_scheduler_and_early_stopping_on_a_scripted_plateau(small_sets, small_recipe, tmp_path,
                                                             monkeypatch):
     # Validation improves for three epochs, then stays flat: the scheduler cuts the learning rate
