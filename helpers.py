@@ -78,11 +78,13 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False,
                 generator: torch.Generator | None = None,
-                device: torch.device | None = None) -> DataLoader:
-    """A DataLoader that is safe on Colab's 2 vCPUs and on CPU-only machines."""
+                device: torch.device | str | None = None) -> DataLoader:
+    """A DataLoader that is safe on Colab's 2 vCPUs and on CPU-only machines; `device` is where
+    training runs ('cuda': batches go to the GPU from pinned memory)."""
     # num_workers=0: the images are in memory already; worker processes would compete with training
+    on_gpu = device is not None and torch.device(device).type == "cuda"
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      num_workers=0, pin_memory=device is not None and device.type == "cuda")
+                      num_workers=0, pin_memory=on_gpu)
 
 
 # ---- Stage 4 -- The networks ---------------------------------------------------------------------

@@ -242,6 +242,9 @@ def test_the_loaders_are_built_for_the_device_asked(small_sets, cpu):
     assert engine.make_train_loader(plain, train_set, torch.Generator(), cuda).pin_memory
     assert engine.make_eval_loader(plain, valid_set, cuda).pin_memory
     assert not engine.make_train_loader(plain, train_set, torch.Generator(), cpu).pin_memory
+    # a student may name the device by its string, as predict and load_checkpoint accept
+    assert helpers.make_loader(valid_set, 64, device="cuda").pin_memory
+    assert not helpers.make_loader(valid_set, 64, device="cpu").pin_memory
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "original"])
