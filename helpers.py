@@ -2,9 +2,10 @@
 training loop with its checkpoints, prediction, evaluation, loading a checkpoint back, seeds against
 noise. Notebook 6's train_one_epoch, evaluate, EarlyStopping and fit, notebook 7's feature_maps and
 occlusion_map, notebook 8's sign_test and notebook 10's compare_seeds are written out in their
-notebooks as they are here (a test compares them); the notebooks call the rest. What students never
-need to read (dataset integrity, the checkpoint file, the course's runner with resume, mixed
-precision and one-cycle, the command line) is in `machinery/`."""
+notebooks as they are here (a test compares them); the notebooks call the rest, and your own code
+may too. What students of stages 1-9 never need to read (dataset integrity, the checkpoint file,
+the course's runner with resume, mixed precision and one-cycle, the command line) is in
+`machinery/`; stages 10 and 11 open its networks and recipes."""
 from __future__ import annotations
 
 import math
@@ -22,7 +23,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader, Dataset, Subset, random_split
 from torchvision import datasets, transforms
 
-from machinery.basics import (  # noqa: F401  (names the notebooks import from here)
+from machinery.basics import (  # noqa: F401  (names the notebooks and you import from here)
     CHECKPOINTS, CLASSES, DATA_ROOT, REFERENCE, REPO_ROOT, RUNS_ROOT, CheckpointError,
     CourseError, DatasetError, describe_checkpoint, machine, pick_device, progress, smoke_mode)
 from machinery.checkpoint_file import checkpoint_payload, load_weights, read_checkpoint
