@@ -68,6 +68,7 @@ def test_the_original_bug_is_real_and_fixed():
 def test_build_model_knows_the_course_networks():
     assert isinstance(helpers.build_model("original"), helpers.FMnistCNN)
     assert helpers.network_name(helpers.build_model("original")) == "original"
+    assert type(helpers.build_model()) is helpers.FMnistCNN  # the original network by default
     with pytest.raises(ValueError, match="unknown network 'resnet'"):
         helpers.build_model("resnet")
 
