@@ -50,6 +50,34 @@ def small_run(small_sets, recipe, tmp_path, epochs, **run_kwargs):
     return model, history, lines
 
 
+class MovedTensor:
+    """A batch's tensor that records the device the loop moves it to."""
+
+    def __init__(self, tensor: torch.Tensor, moves: list) -> None:
+        self.tensor, self.moves = tensor, moves
+
+    def to(self, device):
+        self.moves.append(device)
+        return self.tensor
+
+
+def test_the_loop_moves_images_and_labels_to_the_device_it_is_given():
+    """On a GPU a batch left on the CPU fails; on this CPU-only machine the loop's .to(device)
+    calls are checked instead, for train_one_epoch and evaluate."""
+    moves, cpu = [], torch.device("cpu")
+    images, labels = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    batches = [(MovedTensor(images, moves), MovedTensor(labels, moves))]
+
+    class Loader(list):
+        dataset = range(8)
+
+    model = helpers.FMnistCNN()
+    helpers.train_one_epoch(model, Loader(batches), nn.CrossEntropyLoss(),
+                            torch.optim.SGD(model.parameters(), lr=0.1), cpu)
+    helpers.evaluate(model, Loader(batches), nn.CrossEntropyLoss(), cpu)
+    assert moves == [cpu] * 4  # images and labels, in each function
+
+
 def test_seed_everything_seeds_python_numpy_torch_and_the_generator_it_returns():
     """Each generator the docstring names repeats its draws after the same seed, and another
     seed changes them: a student's own random.shuffle or np.random draw is seeded too."""
