@@ -253,6 +253,10 @@ def test_a_network_the_course_does_not_know_needs_one_passed_in(tmp_path):
         helpers.load_checkpoint(path)
     model, _ = helpers.load_checkpoint(path, model=helpers.build_model("original"))
     assert not model.training
+    payload["architecture"] = None  # a file that names no class says so
+    torch.save(payload, path)
+    with pytest.raises(helpers.CheckpointError, match=r"holds a network of your own \(unnamed\)"):
+        helpers.load_checkpoint(path)
 
 
 def test_your_own_network_trains_through_fit_and_loads_back(small_sets, small_recipe, tmp_path):
