@@ -431,3 +431,12 @@ def test_fit_and_early_stopping_default_to_the_original_patience():
     patience = helpers.course_recipe().stop_patience  # the original notebook's 7
     assert helpers.EarlyStopping().patience == patience
     assert inspect.signature(helpers.fit).parameters["patience"].default == patience
+
+
+def test_pick_device_takes_plain_cuda_on_a_machine_with_one_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # Colab's T4
+    assert helpers.pick_device("cuda") == torch.device("cuda")
+    assert helpers.pick_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ValueError, match="has only cuda:0: use one of them or auto"):
+        helpers.pick_device("cuda:1")
