@@ -173,16 +173,50 @@ def test_the_device_is_the_gpu_when_there_is_one_unless_asked(command):
     assert cli.make_parser().parse_args(args).device == "auto"  # pick_device: a GPU if any
 
 
-def test_tqdm_disable_switches_the_progress_bars_off(monkeypatch):
-    class Terminal(io.StringIO):  # where a bar shows (off a terminal tqdm is off by itself)
-        def isatty(self):
-            return True
+class Terminal(io.StringIO):
+    """A stderr where a bar shows (off a terminal tqdm is off by itself)."""
 
+    def isatty(self):
+        return True
+
+
+def test_tqdm_disable_switches_the_progress_bars_off(monkeypatch):
+    from tqdm import std
+    monkeypatch.setattr(std.tqdm, "monitor_interval", 0)  # no watcher thread left running
     monkeypatch.setattr(sys, "stderr", Terminal())
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     assert not helpers.progress(range(3), "train").disable  # a bar
     monkeypatch.setenv("TQDM_DISABLE", "1")  # how stored outputs and CI runs are made
     assert helpers.progress(range(3), "train").disable is True
+
+
+def test_a_progress_bar_names_its_batches_redraws_once_a_second_and_clears_itself(monkeypatch):
+    from tqdm import std
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setattr(std.tqdm, "monitor_interval", 0)  # no watcher thread
+    clock = [1000.0]
+    monkeypatch.setattr(std, "time", lambda: clock[0])  # tqdm's clock, read when a bar starts
+
+    class Batches:  # 20 batches of a quarter of a second each, with a length as a DataLoader
+        def __len__(self):
+            return 20
+
+        def __iter__(self):
+            for batch in range(20):
+                clock[0] += 0.25
+                yield batch
+
+    assert list(helpers.progress(Batches(), "train")) == list(range(20))
+    shown = terminal.getvalue()
+    frames = [frame for frame in shown.split("\r") if frame.strip()]
+    assert all(frame.startswith("train: ") and "batch/s" in frame for frame in frames), frames
+    # redrawn once a second, not ten times (a notebook's output stays small)
+    assert [re.search(r"(\d+)/20 ", frame).group(1) for frame in frames] == [
+        "0", "4", "8", "12", "16", "20"]
+    assert shown.endswith("\r") and not shown.split("\r")[-2].strip()  # the bar cleared at the end
+    assert "\n" not in shown
 
 
 def test_fmnist_checkpoints_moves_where_the_course_keeps_checkpoints(tmp_path):
