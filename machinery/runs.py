@@ -98,8 +98,7 @@ def train(recipe: Recipe, device: torch.device, *, data: Path | str, runs: Path 
         raise RunInterrupted(last_path if history.epochs else None)
     test_loader = engine.make_eval_loader(recipe, test_set, device)
     loss_fn = nn.CrossEntropyLoss()  # test loss without label smoothing, comparable across recipes
-    report = {"recipe": recipe.name, "model": recipe.network, "epochs": history.epochs,
-              "minutes": minutes, "stopped_early": history.stopped_early,
+    report = {"epochs": history.epochs, "minutes": minutes, "stopped_early": history.stopped_early,
               "test_images": len(test_set), "train_images": len(train_set),
               "last": (*helpers.evaluate(engine.evaluated(model, recipe, device), test_loader,
                                          loss_fn, device), str(last_path))}

@@ -110,13 +110,17 @@ def spy_on_evaluate(monkeypatch) -> list:
 
 @pytest.mark.parametrize("flip_tta", [True, False])
 def test_validation_and_test_figures_use_flip_tta_when_the_recipe_asks(flip_tta, small_sets, cpu,
-                                                                       monkeypatch, tmp_path):
+                                                                       monkeypatch, tmp_path,
+                                                                       capsys):
     recipe = replace(helpers.course_recipe(smoke=True, name="sprint"), epochs=1,
                      flip_tta=flip_tta)
     seen = spy_on_evaluate(monkeypatch)
     monkeypatch.setattr(engine, "recipe_datasets", lambda *_: small_sets)
+    lines = []
     report = runs.train(recipe, cpu, data=tmp_path, runs=tmp_path / "runs",
-                        out=tmp_path / "sprint.pt", log=lambda _: None)
+                        out=tmp_path / "sprint.pt", log=lines.append)
+    # every line goes where the caller asked, none to stdout
+    assert any(line.startswith("epoch   1/1 ") for line in lines) and not capsys.readouterr().out
     # validation after the epoch, then the last and the best network on the test set
     assert len(seen) >= 3 and report["best"][2] == str(tmp_path / "sprint.pt")
     assert all(isinstance(model, engine.FlipTTA) == flip_tta for model in seen[-3:])

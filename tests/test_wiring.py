@@ -9,6 +9,7 @@ Training is cut to two batches per epoch: the wiring is under test here, not the
 import inspect
 import time
 import itertools
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -480,11 +481,17 @@ def test_train_reports_the_best_epochs_checkpoint_not_the_last(wiring, data_root
     """Validation scripted so that epoch 1 of 2 is the best: the report's best figures are those
     of the best checkpoint, read back from its file, and its epoch is 1."""
     real = script_validation(monkeypatch, [(0.5, 0.9), (0.6, 0.4)])
+    evaluations = Spy(monkeypatch).on(helpers, "evaluate")
+    loads = Spy(monkeypatch).on(helpers, "load_checkpoint")
     recipe = helpers.course_recipe(smoke=True, name="original-fast", epochs=2, test_size=300)
     out = tmp_path / "mine.pt"
     report = runs.train(recipe, cpu, data=data_root, runs=tmp_path / "runs", out=out,
                         log=lambda line: None)
     assert report["best_epoch"] == 1 and report["epochs"] == 2
+    assert report["last"][2] == str(tmp_path / "mine-last.pt") and report["best"][2] == str(out)
+    # the last and the best network tested on the run's device, the best read back onto it
+    assert [call["device"] for call in evaluations[-2:]] == [cpu, cpu]
+    assert [(call["path"], call["device"]) for call in loads] == [(out, cpu)]
     assert report["test_images"] == 300 and report["train_images"] == SMOKE_SIZES["train_size"]
     best, last = (helpers.load_checkpoint(path)[0] for path in (out, tmp_path / "mine-last.pt"))
     assert helpers.read_checkpoint(out)["epoch"] == 1
@@ -559,6 +566,8 @@ def test_resume_takes_only_epochs_and_compile_from_the_command(tmp_path):
     resumed, state = runs.resumed_recipe(tmp_path / "last.pt", epochs=9, compile=True,
                                          batch_size=None, fast=False)
     assert resumed == replace(recipe, epochs=9, compile=True) and state == {"history": {}}
+    # nothing asked (no --epochs, no --compile): the recorded recipe as it was
+    assert runs.resumed_recipe(tmp_path / "last.pt", epochs=None, compile=False)[0] == recipe
     with pytest.raises(ValueError) as refused:  # anything else is refused, not dropped
         runs.resumed_recipe(tmp_path / "last.pt", epochs=9, batch_size=7, lr=0.5)
     assert str(refused.value) == ("a resumed run keeps its recipe and files: batch_size, lr "
@@ -572,12 +581,30 @@ def test_resume_takes_only_epochs_and_compile_from_the_command(tmp_path):
                                 f"nothing to resume")
 
 
+def test_resume_and_evaluate_name_the_file_whose_recipe_cannot_be_read(tmp_path, cpu, data_root):
+    path = tmp_path / "old-last.pt"
+    helpers.save_checkpoint(path, helpers.build_model("original"), training_state={"history": {}},
+                            settings={"name": "x", "warp": 9})  # a setting the course never had
+    named = f"^{re.escape(str(path))}: its recorded recipe cannot be read"
+    with pytest.raises(helpers.CheckpointError, match=named):
+        runs.resumed_recipe(path)
+    with pytest.raises(helpers.CheckpointError, match=named):
+        next(runs.evaluate_checkpoints([path], cpu, data_root))
+
+
+def test_train_with_nothing_asked_is_the_original_recipe_at_full_size(monkeypatch):
+    monkeypatch.delenv("FMNIST_SMOKE", raising=False)
+    assert runs.choose_recipe() == helpers.course_recipe("original", smoke=False)
+    assert runs.choose_recipe("improved") == helpers.course_recipe("improved", smoke=False)
+
+
 def test_evaluate_reports_each_checkpoint_on_the_whole_test_set(monkeypatch, tmp_path, data_root,
                                                                 cpu, loud_network):
     spy = Spy(monkeypatch)
     loads = spy.on(helpers, "load_checkpoint")
     datasets = spy.on(helpers, "load_datasets")
     loaders = spy.on(runs, "DeviceLoader")
+    evaluations = spy.on(helpers, "evaluate")
     # a one-layer network: the 10,000 images in milliseconds, not seconds
     recipe = helpers.course_recipe(smoke=True, network=loud_network)
     model = helpers.build_model(loud_network)
@@ -588,6 +615,7 @@ def test_evaluate_reports_each_checkpoint_on_the_whole_test_set(monkeypatch, tmp
     assert [call["device"] for call in loads] == [cpu]
     assert [call["root"] for call in datasets] == [data_root]
     assert [(call["batch_size"], call["device"]) for call in loaders] == [(64, cpu)]  # a CPU's
+    assert [call["device"] for call in evaluations] == [cpu]
     model.eval()
     test_set = helpers.load_datasets(helpers.course_recipe(smoke=False), data_root)[2]
     expected = helpers.evaluate(model, helpers.make_loader(test_set, 1000), nn.CrossEntropyLoss(),
