@@ -75,6 +75,15 @@ def test_bad_recipe_settings_are_refused_with_the_way_out(overrides, message):
                                 "improved, sprint, accurate")
 
 
+def test_random_erasing_may_take_every_image_and_no_more():
+    every = helpers.course_recipe(smoke=True, name="original-fast", augment=True, erase=1.0)
+    assert every.erase == 1.0  # the whole share: Zhong et al.'s p = 1
+    for share in (-0.1, 1.01):
+        with pytest.raises(ValueError) as error:
+            dataclasses.replace(every, erase=share)
+        assert str(error.value) == f"erase is a share of the images, 0 to 1, got {share!r}"
+
+
 def test_a_recipe_recorded_without_a_name_is_unnamed():
     saved = helpers.course_recipe(smoke=False).as_dict()
     del saved["name"]
