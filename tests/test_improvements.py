@@ -59,6 +59,7 @@ def test_recipes_name_their_checkpoints_apart(tmp_path):
     ({"optimizer": "sgd"}, "unknown optimizer 'sgd': choose adam or adamw"),
     ({"schedule": "cosine"}, "unknown schedule 'cosine': choose plateau or onecycle"),
     ({"label_smoothing": 1.0}, "label_smoothing must be in 0..1, got 1.0"),
+    ({"fast": True, "erase": 0.5}, "erase needs augment=True: random erasing is an augmentation"),
     ({"augment": True, "fast": False},
      "augment=True needs the fast path (fast=True): augmentation runs on the device"),
     ({"final_fit": True}, "final_fit needs a fixed-length schedule (onecycle): the plateau "
