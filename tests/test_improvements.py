@@ -60,6 +60,8 @@ def test_recipes_name_their_checkpoints_apart(tmp_path):
     ({"schedule": "cosine"}, "unknown schedule 'cosine': choose plateau or onecycle"),
     ({"label_smoothing": 1.0}, "label_smoothing must be in 0..1, got 1.0"),
     ({"fast": True, "erase": 0.5}, "erase needs augment=True: random erasing is an augmentation"),
+    ({"cpu_bf16": True}, "cpu_bf16=True needs the fast path (fast=True): mixed precision is the "
+                         "fast path's"),
     ({"augment": True, "fast": False},
      "augment=True needs the fast path (fast=True): augmentation runs on the device"),
     ({"final_fit": True}, "final_fit needs a fixed-length schedule (onecycle): the plateau "
