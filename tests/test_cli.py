@@ -180,22 +180,27 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_tqdm_disable_switches_the_progress_bars_off(monkeypatch):
+@pytest.fixture
+def bars_on(monkeypatch) -> None:
+    """TQDM_DISABLE unset, and no tqdm monitor thread left running. (A test sets stderr to a
+    Terminal itself: pytest puts its own capture back on sys.stderr after the fixtures run.)"""
     from tqdm import std
-    monkeypatch.setattr(std.tqdm, "monitor_interval", 0)  # no watcher thread left running
-    monkeypatch.setattr(sys, "stderr", Terminal())
+    monkeypatch.setattr(std.tqdm, "monitor_interval", 0)
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
+
+
+def test_tqdm_disable_switches_the_progress_bars_off(monkeypatch, bars_on):
+    monkeypatch.setattr(sys, "stderr", Terminal())
     assert not helpers.progress(range(3), "train").disable  # a bar
     monkeypatch.setenv("TQDM_DISABLE", "1")  # how stored outputs and CI runs are made
     assert helpers.progress(range(3), "train").disable is True
 
 
-def test_a_progress_bar_names_its_batches_redraws_once_a_second_and_clears_itself(monkeypatch):
+def test_a_progress_bar_names_its_batches_redraws_once_a_second_and_clears_itself(monkeypatch,
+                                                                                 bars_on):
     from tqdm import std
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    monkeypatch.delenv("TQDM_DISABLE", raising=False)
-    monkeypatch.setattr(std.tqdm, "monitor_interval", 0)  # no watcher thread
     clock = [1000.0]
     monkeypatch.setattr(std, "time", lambda: clock[0])  # tqdm's clock, read when a bar starts
 
