@@ -10,6 +10,8 @@ import pytest
 import torch
 import torch.nn as nn
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 import helpers
 from machinery import bench, engine, fast_path
@@ -55,6 +57,37 @@ def test_shift_and_flip_move_each_image_as_asked():
     assert torch.equal(out[2, 0, 2:, :26], image[0, 0, :26, 2:])  # moved down 2 and left 2 ...
     # ... zeros come in
     assert out[2, 0, :2].abs().sum() == 0 and out[2, 0, :, 26:].abs().sum() == 0
+
+
+class DevicesMixed(TorchFunctionMode):
+    """Records each torch call whose tensors lie on more than one device: on a GPU, each is a
+    copy between host and device (or an error)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, set[str]]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        devices = {t.device.type for t in tensors}
+        if len(devices) > 1:
+            self.calls.append((getattr(func, "__name__", str(func)), devices))
+        return func(*args, **kwargs)
+
+
+def test_an_epoch_on_the_device_cuts_and_augments_there_with_no_copy_per_batch(small_sets):
+    """The loader on the meta device (shapes, no data) stands in for a GPU: every index, shift
+    and flip of an epoch is computed where the images are."""
+    train, _, _ = small_sets
+    loader = DeviceLoader(train, 100, shuffle=True, generator=torch.Generator().manual_seed(0),
+                          device="meta", augment=True)
+    with DevicesMixed() as mixed:
+        batches = [(images.device.type, labels.device.type, len(labels))
+                   for images, labels in loader]
+    assert batches == [("meta", "meta", min(100, len(train) - start))
+                       for start in range(0, len(train), 100)]
+    assert mixed.calls == []
 
 
 def test_an_epoch_shifts_images_both_ways_by_up_to_the_recipes_pixels(small_sets, monkeypatch):
@@ -124,6 +157,33 @@ def test_a_gpu_gets_bf16_from_ampere_on_and_fp16_before(capability, precision, m
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert fast_path.mixed_precision(torch.device("cuda")) == precision
     assert fast_path.mixed_precision(torch.device("cuda"), cpu_bf16=True) == precision
+
+
+def test_a_machine_with_two_gpus_gets_the_precision_of_the_one_asked_for(monkeypatch):
+    second = torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device=None: (7, 5) if device == second else (9, 0))
+    assert fast_path.mixed_precision(second) == torch.float16  # a T4 beside an H100
+
+
+@pytest.mark.parametrize("torch_says, amx", [(True, True), (False, False), (None, False)],
+                         ids=["amx", "no-amx", "torch-cannot-tell"])
+def test_has_amx_asks_torch_and_says_no_where_torch_cannot_tell(torch_says, amx, monkeypatch):
+    if torch_says is None:  # an older torch without the private probe
+        monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    else:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: torch_says,
+                            raising=False)
+    assert fast_path.has_amx() is amx
+
+
+@pytest.mark.parametrize("device, mode", [("cpu", None), ("cuda", "reduce-overhead")])
+def test_compiling_makes_one_graph_per_shape_and_uses_cuda_graphs_on_a_gpu(device, mode):
+    model, asked = nn.Linear(2, 2), []
+    # nn.Module.compile's own defaults: what a dropped argument would leave
+    model.compile = lambda mode=None, dynamic=None, **rest: asked.append((mode, dynamic, rest))
+    assert fast_path.compile_model(model, torch.device(device)) is model
+    assert asked == [(mode, False, {})]
 
 
 def test_images_per_second_counts_images_not_batches(small_sets, cpu, monkeypatch):
