@@ -80,6 +80,16 @@ def test_erasing_changes_the_asked_share_and_nothing_else(small_sets):
     assert 0.4 < changed / total < 0.6
 
 
+def test_an_erasing_epoch_repeats_from_its_seed_whatever_the_global_generator(small_sets):
+    """Boxes and noise come from the loader's generator: a resumed run erases as before."""
+    train, _, _ = small_sets
+    torch.manual_seed(1)
+    first = list(loader(train, 0.5))
+    torch.manual_seed(2)
+    for (x, y), (x_again, y_again) in zip(first, loader(train, 0.5), strict=True):
+        assert torch.equal(x, x_again) and torch.equal(y, y_again)
+
+
 def test_no_erasing_draws_no_extra_random_numbers(small_sets):
     """Recipes without erasing repeat the runs recorded before it existed."""
     train, _, _ = small_sets

@@ -76,12 +76,18 @@ class DevicesMixed(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def test_an_epoch_on_the_device_cuts_and_augments_there_with_no_copy_per_batch(small_sets):
-    """The loader on the meta device (shapes, no data) stands in for a GPU: every index, shift
-    and flip of an epoch is computed where the images are."""
+@pytest.mark.parametrize("erase", [0.0, 0.5], ids=["shift-flip", "and-erase"])
+def test_an_epoch_on_the_device_cuts_and_augments_there_with_no_copy_per_batch(
+        small_sets, erase, monkeypatch):
+    """The loader on the meta device (shapes, no data) stands in for a GPU: every index, shift,
+    flip and erased box of an epoch is computed where the images are."""
     train, _, _ = small_sets
     loader = DeviceLoader(train, 100, shuffle=True, generator=torch.Generator().manual_seed(0),
-                          device="meta", augment=True)
+                          device="meta", augment=True, erase=erase)
+    # the meta device has no random generator: the noise's comes from a CPU one (meta draws
+    # shapes only)
+    cpu_generator = torch.Generator
+    monkeypatch.setattr(torch, "Generator", lambda device=None: cpu_generator())
     with DevicesMixed() as mixed:
         batches = [(images.device.type, labels.device.type, len(labels))
                    for images, labels in loader]
