@@ -86,14 +86,19 @@ def test_an_epoch_on_the_device_cuts_and_augments_there_with_no_copy_per_batch(
                           device="meta", augment=True, erase=erase)
     # the meta device has no random generator: the noise's comes from a CPU one (meta draws
     # shapes only)
-    cpu_generator = torch.Generator
-    monkeypatch.setattr(torch, "Generator", lambda device=None: cpu_generator())
+    cpu_generator, generators_asked = torch.Generator, []
+
+    def generator(device=None):
+        generators_asked.append(device)
+        return cpu_generator()
+    monkeypatch.setattr(torch, "Generator", generator)
     with DevicesMixed() as mixed:
         batches = [(images.device.type, labels.device.type, len(labels))
                    for images, labels in loader]
     assert batches == [("meta", "meta", min(100, len(train) - start))
                        for start in range(0, len(train), 100)]
     assert mixed.calls == []
+    assert generators_asked == ([torch.device("meta")] if erase else [])
 
 
 def test_an_epoch_shifts_images_both_ways_by_up_to_the_recipes_pixels(small_sets, monkeypatch):
