@@ -27,6 +27,13 @@ def test_device_tensors_are_the_images_totensor_gives(small_sets):
         assert torch.equal(images[i].float().div(255), image[0]) and labels[i] == label
 
 
+def test_the_fast_path_refuses_another_dataset_by_name(small_sets):
+    images = torch.zeros(4, 1, 28, 28)
+    dataset = torch.utils.data.TensorDataset(images, torch.zeros(4, dtype=torch.long))
+    with pytest.raises(TypeError, match=r"needs a FashionMNIST dataset .*got TensorDataset$"):
+        DeviceLoader(dataset, 2)
+
+
 def test_device_loader_batches_match_the_dataloader(small_sets):
     _, valid, _ = small_sets
     fast = DeviceLoader(valid, 100)
@@ -108,10 +115,11 @@ def test_an_epoch_shifts_images_both_ways_by_up_to_the_recipes_pixels(small_sets
     monkeypatch.setattr(fast_path, "shift_and_flip",
                         lambda images, shifts, flips, pad: drawn.append((shifts, pad))
                         or real(images, shifts, flips, pad))
-    for shift in (1, 2):
+    # asked for 1 pixel; asked for nothing: a recipe's default
+    for shift, asked in ((1, {"shift": 1}), (helpers.Recipe("x").shift, {})):
         drawn.clear()
         loader = DeviceLoader(train, 128, shuffle=True, generator=torch.Generator().manual_seed(0),
-                              augment=True, shift=shift)
+                              augment=True, **asked)
         assert sum(len(x) for x, _ in loader) == len(train)
         shifts = torch.cat([s for s, _ in drawn])  # crop offsets: pad + the move, 0..2*pad
         assert {pad for _, pad in drawn} == {shift}
