@@ -198,7 +198,7 @@ def test_resuming_a_run_that_stopped_early_trains_no_more(small_sets, small_reci
                      f"nothing left to do"]
 
 
-def test_a_one_cycle_run_refuses_to_be_resumed_for_another_length(small_sets, tmp_path):
+def test_a_one_cycle_run_resumes_for_its_own_length_only(small_sets, tmp_path):
     """One-cycle plans its whole length up front: stretching it on resume would crash mid-run
     (PyTorch: 'Tried to step 3 times'), and shortening it would stop mid-schedule, so the runner
     says so before training."""
@@ -212,6 +212,10 @@ def test_a_one_cycle_run_refuses_to_be_resumed_for_another_length(small_sets, tm
                            match="one-cycle run of 2 epochs: its schedule ends there"):
             engine.train_run(replace(recipe, epochs=epochs), *sets, torch.device("cpu"),
                              resume=tmp_path / "last.pt", **run)
+    # its own length is taken: the run is complete, so nothing is trained
+    _, history, _ = engine.train_run(recipe, *sets, torch.device("cpu"),
+                                     resume=tmp_path / "last.pt", **run)
+    assert history.epochs == 2 and len(history.train_loss) == 2
 
 
 # ---- The pieces of resume, one by one (mutmut's survivors of machinery/resume.py) ----------------

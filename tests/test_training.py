@@ -263,6 +263,7 @@ def test_the_runner_times_its_epochs_and_itself_by_the_clock(small_sets, small_r
     assert history.seconds == pytest.approx([15.1] * 3) and minutes == pytest.approx(7 * 15.1 / 60)
     # time left after epoch 1: 2 x 15.1 s = 0.503 min, shown as 1; after epoch 2: 0.25, as 0
     assert lines[1].endswith("15.1 s  (~1 min left)") and lines[2].endswith("(~0 min left)")
+    assert lines[0].endswith("; TensorBoard run run")  # the run's folder, named
 
 
 def test_a_run_without_a_run_dir_trains_and_writes_no_tensorboard_run(small_sets, small_recipe,
