@@ -252,7 +252,8 @@ def test_evaluate_records_no_autograd_graph(small_sets, cpu):
 
 def test_the_runner_times_its_epochs_and_itself_by_the_clock(small_sets, small_recipe, cpu,
                                                              tmp_path, monkeypatch):
-    ticks = itertools.count(start=0, step=15.1)  # a clock that moves 15.1 s at every reading
+    # a clock that moves 15.1 s at every reading, from an arbitrary zero as perf_counter's is
+    ticks = itertools.count(start=1000.0, step=15.1)
     monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
     train_set, valid_set, _ = small_sets
     lines = []
