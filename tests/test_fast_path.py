@@ -27,7 +27,7 @@ def test_device_tensors_are_the_images_totensor_gives(small_sets):
         assert torch.equal(images[i].float().div(255), image[0]) and labels[i] == label
 
 
-def test_the_fast_path_refuses_another_dataset_by_name(small_sets):
+def test_the_fast_path_refuses_another_dataset_by_name():
     images = torch.zeros(4, 1, 28, 28)
     dataset = torch.utils.data.TensorDataset(images, torch.zeros(4, dtype=torch.long))
     with pytest.raises(TypeError, match=r"needs a FashionMNIST dataset .*got TensorDataset$"):
