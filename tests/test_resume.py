@@ -208,10 +208,10 @@ def test_a_one_cycle_run_resumes_for_its_own_length_only(small_sets, tmp_path):
     sets = helpers.first(train_set, 256), helpers.first(valid_set, 128)
     run = dict(run_dir=tmp_path / "run", last_path=tmp_path / "last.pt", log=lambda line: None)
     engine.train_run(recipe, *sets, torch.device("cpu"), **run)
+    named = re.escape(str(tmp_path / "last.pt"))  # the refusal names the file given
     for epochs in (3, 1):  # longer, shorter
-        last = re.escape(str(tmp_path / "last.pt"))  # the file the student named
         with pytest.raises(helpers.CourseError,
-                           match=f"^{last} is a one-cycle run of 2 epochs: its schedule ends"):
+                           match=f"^{named} is a one-cycle run of 2 epochs: its schedule ends"):
             engine.train_run(replace(recipe, epochs=epochs), *sets, torch.device("cpu"),
                              resume=tmp_path / "last.pt", **run)
     # its own length is taken: the run is complete, so nothing is trained
