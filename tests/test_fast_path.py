@@ -157,6 +157,20 @@ def test_the_runner_trains_on_the_fast_path(small_sets, small_recipe, cpu, tmp_p
             is not None)
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+def test_a_run_builds_its_network_on_the_device_channels_last_on_the_fast_path(small_recipe,
+                                                                              fast):
+    """The meta device stands in for a GPU: a network left on the CPU meets its batches there."""
+    model, _, _, _ = engine.make_training(replace(small_recipe, fast=fast), torch.device("meta"),
+                                          steps_per_epoch=1)
+    weights = [p for p in model.parameters() if p.dim() == 4]  # the convolutions'
+    assert weights and all(p.device.type == "meta" for p in model.parameters())
+    layout = torch.channels_last if fast else torch.contiguous_format
+    assert all(p.is_contiguous(memory_format=layout) for p in weights)
+    # a weight of one input channel is both layouts at once; the others tell them apart
+    assert any(not p.is_contiguous() for p in weights) == fast
+
+
 @pytest.mark.parametrize("amx", [True, False], ids=["amx", "no-amx"])
 def test_mixed_precision_is_chosen_by_the_hardware(amx, monkeypatch):
     monkeypatch.setattr(fast_path, "has_amx", lambda: amx)
