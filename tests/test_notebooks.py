@@ -373,6 +373,41 @@ def test_a_notebook_writes_the_code_helpers_runs(notebook):
     assert not differ, f"{notebook} and helpers.py differ in {differ}: change both alike"
 
 
+@pytest.mark.whole_checkout
+def test_notebook_10_writes_out_the_residual_block_and_flip_the_runner_uses():
+    """Notebook 10 writes a residual block and flip TTA itself (its runner's are in machinery):
+    given the same weights, each computes what the course's computes."""
+    import ast
+
+    import torch
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    from machinery import engine, networks
+    code = "\n\n".join(code_sources(course_notebooks.find_notebook("10_improvements.ipynb")))
+    written = [node for node in ast.parse(TransformerManager().transform_cell(code)).body
+               if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+               and node.name in ("conv_bn_relu", "ResidualBlock", "FlipTTA")]
+    assert sorted(node.name for node in written) == ["FlipTTA", "ResidualBlock", "conv_bn_relu"]
+    notebook = {"torch": torch, "nn": torch.nn}
+    exec(compile(ast.Module(written, type_ignores=[]), "notebook 10", "exec"), notebook)
+    torch.manual_seed(0)
+    course_block = networks.ResidualBlock(8)
+    for module in course_block.modules():  # BatchNorm's running statistics: not the defaults
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    block = notebook["ResidualBlock"](8)
+    block.load_state_dict(course_block.state_dict())
+    features = torch.randn(2, 8, 6, 6)
+    network = helpers.build_model("original").eval()
+    images = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(block.eval()(features), course_block.eval()(features))
+        flipped = notebook["FlipTTA"](network)(images)
+        assert torch.allclose(flipped, engine.FlipTTA(network)(images))
+        assert not torch.allclose(flipped, network(images))  # the mirror images count
+
+
 def test_the_code_comparison_sees_a_changed_line():
     code = "def fit(model, epochs: int) -> None:\n    return model\n"
     assert definitions(code, ("fit",)) == definitions(code.replace(": int", ""), ("fit",))
