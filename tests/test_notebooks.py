@@ -340,21 +340,28 @@ TAUGHT = {"06_train.ipynb": ("train_one_epoch", "evaluate", "EarlyStopping", "fi
           "10_improvements.ipynb": ("compare_seeds",)}
 
 
-def definitions(code: str, names: tuple[str, ...]) -> dict[str, str]:
-    """The top-level functions and classes `names` in Python code, as AST dumps without type hints
-    (a notebook cell's IPython magics turned into Python first)."""
+def top_level_definitions(code: str, names: tuple[str, ...]) -> list:
+    """The top-level functions and classes `names` in Python code, as AST nodes (a notebook
+    cell's IPython magics turned into Python first)."""
     import ast
 
     from IPython.core.inputtransformer2 import TransformerManager
+    return [node for node in ast.parse(TransformerManager().transform_cell(code)).body
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in names]
+
+
+def definitions(code: str, names: tuple[str, ...]) -> dict[str, str]:
+    """The top-level functions and classes `names` in Python code, as AST dumps without type
+    hints."""
+    import ast
     found = {}
-    for node in ast.parse(TransformerManager().transform_cell(code)).body:
-        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in names:
-            for inner in ast.walk(node):
-                if isinstance(inner, ast.arg):
-                    inner.annotation = None
-                if isinstance(inner, ast.FunctionDef):
-                    inner.returns = None
-            found[node.name] = ast.dump(node)
+    for node in top_level_definitions(code, names):
+        for inner in ast.walk(node):
+            if isinstance(inner, ast.arg):
+                inner.annotation = None
+            if isinstance(inner, ast.FunctionDef):
+                inner.returns = None
+        found[node.name] = ast.dump(node)
     return found
 
 
@@ -380,13 +387,10 @@ def test_notebook_10_writes_out_the_residual_block_and_flip_the_runner_uses():
     import ast
 
     import torch
-    from IPython.core.inputtransformer2 import TransformerManager
 
     from machinery import engine, networks
     code = "\n\n".join(code_sources(course_notebooks.find_notebook("10_improvements.ipynb")))
-    written = [node for node in ast.parse(TransformerManager().transform_cell(code)).body
-               if isinstance(node, (ast.FunctionDef, ast.ClassDef))
-               and node.name in ("conv_bn_relu", "ResidualBlock", "FlipTTA")]
+    written = top_level_definitions(code, ("conv_bn_relu", "ResidualBlock", "FlipTTA"))
     assert sorted(node.name for node in written) == ["FlipTTA", "ResidualBlock", "conv_bn_relu"]
     notebook = {"torch": torch, "nn": torch.nn}
     exec(compile(ast.Module(written, type_ignores=[]), "notebook 10", "exec"), notebook)
